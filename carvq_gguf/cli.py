@@ -1,0 +1,48 @@
+"""The `carvq-gguf` command line: one subcommand per module, each with a register() function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .state import CarvqError
+
+# Each module defines register(subparsers) that adds its subcommand and sets func=handler(args) -> int.
+COMMAND_MODULES = [
+    "carvq_gguf.commands.compress",
+    "carvq_gguf.commands.convert",
+    "carvq_gguf.commands.inspect",
+    "carvq_gguf.commands.build_runtime",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="carvq-gguf",
+        description="CARVQ token-embedding compression for llama.cpp GGUF models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CarvqError as e:
+        print(f"carvq-gguf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the carvq-gguf CLI, one module each."""
