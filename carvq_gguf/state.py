@@ -13,6 +13,12 @@ K = 2**codebook_bits, G = number of codebook groups, see RvqConfig.n_groups):
     sigma0     float16 [V, m1]       the adaptor's per-token table (None without adaptor)
     linears    list of (weight float16 [out, in], bias float32 [out]), m1 -> ... -> n
     norms      list of (weight float32 [out], bias float32 [out]), one per hidden layer
+    correction_ids   int32   [R]     sorted, unique token ids that carry a correction row
+    correction_rows  float16 [R, n]  added to those tokens' RVQ + adaptor output
+
+embedding(t) = rvq_decode(t) + adaptor(t) + (correction_rows[j] if correction_ids[j] == t).
+The correction rows spend extra bits on the few tokens that carry most of the text (see
+../shared/carvq-method.md: frequent tokens are the outliers that RVQ fits worst).
 """
 
 from __future__ import annotations
@@ -122,7 +128,14 @@ class CarvqState:
     sigma0: torch.Tensor | None = None
     linears: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     norms: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    correction_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))
+    correction_rows: torch.Tensor | None = None
     preset: str = ""
+
+    @property
+    def n_correction_rows(self) -> int:
+        """R, the number of tokens with a correction row."""
+        return int(self.correction_ids.numel())
 
     def check(self) -> None:
         """Raise CarvqError if any tensor disagrees with the configuration."""
@@ -133,6 +146,7 @@ class CarvqState:
         if self.codes.numel() and int(self.codes.max()) >= K:
             raise CarvqError(f"codes hold index {int(self.codes.max())} >= K={K}")
         _expect(self.codebooks, "codebooks", (L, r.n_groups(V, n), K, r.subvector_dim), torch.float16)
+        self._check_corrections()
         if not self.adaptor.enabled:
             if self.sigma0 is not None or self.linears or self.norms:
                 raise CarvqError("adaptor tensors present but adaptor table_dim is 0")
@@ -151,6 +165,22 @@ class CarvqState:
         for i, (w, b) in enumerate(self.norms):
             _expect(w, f"norm {i} weight", (layer_dims[i][1],), torch.float32)
             _expect(b, f"norm {i} bias", (layer_dims[i][1],), torch.float32)
+
+    def _check_corrections(self) -> None:
+        R = self.n_correction_rows
+        _expect(self.correction_ids, "correction_ids", (R,), torch.int32)
+        if R == 0:
+            if self.correction_rows is not None and self.correction_rows.numel():
+                raise CarvqError("correction rows present without correction ids")
+            return
+        if self.correction_rows is None:
+            raise CarvqError(f"{R} correction ids but no correction rows")
+        _expect(self.correction_rows, "correction_rows", (R, self.embedding_dim), torch.float16)
+        ids = self.correction_ids.long()
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise CarvqError(f"correction ids must lie in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+        if R > 1 and not bool((ids[1:] > ids[:-1]).all()):
+            raise CarvqError("correction ids must be sorted ascending and unique")
 
 
 def _expect(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
