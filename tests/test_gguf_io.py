@@ -1,0 +1,213 @@
+"""Round trips and rejections of the CARVQ tensors and carvq.* keys (docs/FORMAT.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGUFValueType, GGUFWriter
+from gguf.gguf_writer import GGUFValue
+
+from carvq_gguf import gguf_io
+from carvq_gguf.state import CarvqError, CarvqState
+from conftest import make_random_state
+
+
+def write_state(path: Path, state: CarvqState, set_keys: dict | None = None, drop_keys: tuple[str, ...] = (),
+                replace_tensors: dict | None = None, drop_tensors: tuple[str, ...] = ()) -> Path:
+    """Write state as a CARVQ-only llama GGUF, optionally tampering with keys and tensors."""
+    writer = GGUFWriter(path, "llama")
+    writer.add_uint32("llama.embedding_length", state.embedding_dim)
+    gguf_io.add_carvq_metadata(writer, state)
+    for key, (value, vtype) in (set_keys or {}).items():
+        writer.kv_data[0][key] = GGUFValue(value=value, type=vtype)
+    for key in drop_keys:
+        del writer.kv_data[0][key]
+    for name, arr in gguf_io.carvq_tensors(state):
+        if name in drop_tensors:
+            continue
+        writer.add_tensor(name, (replace_tensors or {}).get(name, arr))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def assert_states_identical(a: CarvqState, b: CarvqState) -> None:
+    assert (a.vocab_size, a.embedding_dim, a.preset) == (b.vocab_size, b.embedding_dim, b.preset)
+    if a.rvq.group_layout == "column":  # group_size is meaningless there and stored as 0
+        assert dataclasses.replace(a.rvq, group_size=0) == dataclasses.replace(b.rvq, group_size=0)
+    else:
+        assert a.rvq == b.rvq
+    assert a.adaptor == b.adaptor
+    assert torch.equal(a.codes, b.codes)
+    assert torch.equal(a.codebooks.view(torch.int16), b.codebooks.view(torch.int16))
+    if a.sigma0 is None:
+        assert b.sigma0 is None
+    else:
+        assert torch.equal(a.sigma0.view(torch.int16), b.sigma0.view(torch.int16))
+    assert len(a.linears) == len(b.linears) and len(a.norms) == len(b.norms)
+    for (wa, ba), (wb, bb) in zip(a.linears + a.norms, b.linears + b.norms):
+        assert wa.dtype == wb.dtype and torch.equal(wa, wb) and torch.equal(ba, bb)
+    assert torch.equal(a.correction_ids, b.correction_ids)
+    if a.n_correction_rows:
+        assert torch.equal(a.correction_rows.view(torch.int16), b.correction_rows.view(torch.int16))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"group_layout": "block"},
+    {"table_dim": 0, "n_corrections": 0},
+    {"levels": 3, "hidden_dims": ()},
+    {"levels": 1, "n_corrections": 1, "hidden_dims": (16,)},
+])
+def test_round_trip_is_identical(tmp_path: Path, kwargs: dict) -> None:
+    state = make_random_state(**kwargs)
+    path = write_state(tmp_path / "s.gguf", state)
+    back = gguf_io.load_carvq_state(path)
+    assert_states_identical(state, back)
+
+
+def test_round_trip_keeps_norm_eps_and_layout_values(tmp_path: Path) -> None:
+    state = make_random_state(group_layout="block")
+    state.adaptor = dataclasses.replace(state.adaptor, norm_eps=1e-5)
+    back = gguf_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))
+    assert back.adaptor.norm_eps == 1e-5
+    assert back.rvq.group_size == state.rvq.group_size == 40
+
+
+def test_keys_and_tensor_layout_match_format(tmp_path: Path) -> None:
+    state = make_random_state()
+    reader = gguf_io.open_gguf(write_state(tmp_path / "s.gguf", state))
+    tensors = {t.name: t for t in reader.tensors}
+    V, n, L, S = 96, 64, 2, 8
+    assert [int(d) for d in tensors["carvq_codes"].shape] == [L * S // 2, V]
+    assert [int(d) for d in tensors["carvq_codebooks"].shape] == [8, 16, S, L]
+    assert [int(d) for d in tensors["carvq_mlp.0.weight"].shape] == [8, 32]
+    assert [int(d) for d in tensors["carvq_corr_rows"].shape] == [n, 3]
+    # byte j of a level holds sub-vector 2j (low nibble) and 2j + 1 (high nibble)
+    row = np.asarray(tensors["carvq_codes"].data[5]).view(np.uint8)
+    assert int(row[S // 2 + 1] & 0x0F) == int(state.codes[5, 1, 2])
+    assert int(row[S // 2 + 1] >> 4) == int(state.codes[5, 1, 3])
+    assert reader.get_field("carvq.group_size").contents() == 0
+    assert reader.get_field("carvq.adaptor.hidden_dims").contents() == [32, 48]
+    assert reader.get_field("carvq.adaptor.activation").contents() == "relu"
+
+
+def _bad(tmp_path: Path, **tamper) -> str:
+    path = write_state(tmp_path / "bad.gguf", tamper.pop("state", None) or make_random_state(), **tamper)
+    with pytest.raises(CarvqError) as e:
+        gguf_io.load_carvq_state(path)
+    return str(e.value)
+
+
+def test_rejects_unknown_version(tmp_path: Path) -> None:
+    msg = _bad(tmp_path, set_keys={"carvq.version": (2, GGUFValueType.UINT32)})
+    assert "unsupported carvq.version 2" in msg
+
+
+def test_rejects_version_of_wrong_type(tmp_path: Path) -> None:
+    msg = _bad(tmp_path, set_keys={"carvq.version": ("1", GGUFValueType.STRING)})
+    assert "carvq.version has type STRING" in msg
+
+
+def test_rejects_missing_version_as_not_carvq(tmp_path: Path) -> None:
+    assert "not a CARVQ-GGUF" in _bad(tmp_path, drop_keys=("carvq.version",))
+
+
+@pytest.mark.parametrize("key", ["carvq.levels", "carvq.vocab_size", "carvq.group_layout",
+                                 "carvq.adaptor.norm_epsilon", "carvq.correction_rows"])
+def test_rejects_missing_key(tmp_path: Path, key: str) -> None:
+    assert f"missing metadata key {key}" in _bad(tmp_path, drop_keys=(key,))
+
+
+def test_rejects_embedding_length_that_disagrees_with_arch(tmp_path: Path) -> None:
+    msg = _bad(tmp_path, set_keys={"llama.embedding_length": (72, GGUFValueType.UINT32)})
+    assert "disagrees with llama.embedding_length" in msg
+
+
+def test_rejects_shapes_that_disagree(tmp_path: Path) -> None:
+    state = make_random_state()
+    wrong = np.zeros((48, 32), dtype=np.float16)  # linear 0 should be [out=32, in=8]
+    msg = _bad(tmp_path, state=state, replace_tensors={"carvq_mlp.0.weight": wrong})
+    assert "tensor carvq_mlp.0.weight has ne [32, 48], expected [8, 32]" in msg
+
+
+def test_rejects_index_tensor_of_wrong_size(tmp_path: Path) -> None:
+    state = make_random_state()
+    short = np.zeros((95, 8), dtype=np.int8)
+    assert "tensor carvq_codes has ne [8, 95], expected [8, 96]" in _bad(
+        tmp_path, state=state, replace_tensors={"carvq_codes": short})
+
+
+def test_rejects_index_tensor_of_wrong_type(tmp_path: Path) -> None:
+    state = make_random_state()
+    as_f16 = np.zeros((96, 8), dtype=np.float16)
+    assert "tensor carvq_codes has type F16, expected I8" in _bad(
+        tmp_path, state=state, replace_tensors={"carvq_codes": as_f16})
+
+
+def test_rejects_codebook_count_that_does_not_match_layout(tmp_path: Path) -> None:
+    # written with the column layout (G = 8), but the keys claim blocks of 40 (G = ceil(96*8/40) = 20)
+    msg = _bad(tmp_path, set_keys={"carvq.group_layout": ("block", GGUFValueType.STRING),
+                                   "carvq.group_size": (40, GGUFValueType.UINT32)})
+    assert "tensor carvq_codebooks has ne [8, 16, 8, 2], expected [8, 16, 20, 2]" in msg
+
+
+def test_rejects_levels_that_disagree_with_tensors(tmp_path: Path) -> None:
+    msg = _bad(tmp_path, set_keys={"carvq.levels": (3, GGUFValueType.UINT32)})
+    assert "tensor carvq_codes has ne [8, 96], expected [12, 96]" in msg
+
+
+def test_rejects_out_of_range_correction_ids(tmp_path: Path) -> None:
+    state = make_random_state()
+    ids = np.array([3, 50, 96], dtype=np.int32)
+    msg = _bad(tmp_path, state=state, replace_tensors={"carvq_corr_ids": ids})
+    assert "correction ids must lie in [0, 96)" in msg
+
+
+def test_rejects_unsorted_correction_ids(tmp_path: Path) -> None:
+    ids = np.array([50, 3, 7], dtype=np.int32)
+    assert "sorted ascending and unique" in _bad(tmp_path, replace_tensors={"carvq_corr_ids": ids})
+
+
+def test_rejects_code_values_beyond_codebook_size(tmp_path: Path) -> None:
+    state = make_random_state()
+    # declare K = 8 (kappa 3) while codes use all 16 values; the codebook tensor shape then differs too,
+    # so give it the K = 8 shape to reach the code check
+    books = state.codebooks[:, :, :8].numpy()
+    msg = _bad(tmp_path, state=state, set_keys={"carvq.codebook_bits": (3, GGUFValueType.UINT32)},
+               replace_tensors={"carvq_codebooks": books})
+    assert "holds index 15 >= K=8" in msg
+
+
+def test_rejects_missing_and_unexpected_tensors(tmp_path: Path) -> None:
+    assert "tensor carvq_sigma0 missing" in _bad(tmp_path, drop_tensors=("carvq_sigma0",))
+    assert "unexpected CARVQ tensors ['carvq_corr_ids', 'carvq_corr_rows']" in _bad(
+        tmp_path, set_keys={"carvq.correction_rows": (0, GGUFValueType.UINT32)})
+
+
+def test_rejects_unknown_activation(tmp_path: Path) -> None:
+    msg = _bad(tmp_path, set_keys={"carvq.adaptor.activation": ("gelu", GGUFValueType.STRING)})
+    assert "carvq.adaptor.activation is 'gelu'" in msg
+
+
+def test_rejects_truncated_file(tmp_path: Path) -> None:
+    path = write_state(tmp_path / "s.gguf", make_random_state())
+    data = path.read_bytes()
+    for cut in (len(data) - 100, 200, 10):
+        short = tmp_path / f"cut{cut}.gguf"
+        short.write_bytes(data[:cut])
+        with pytest.raises(CarvqError, match="truncated"):
+            gguf_io.load_carvq_state(short)
+
+
+def test_rejects_non_gguf_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.gguf"
+    path.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(CarvqError, match="not a readable GGUF"):
+        gguf_io.load_carvq_state(path)
