@@ -1,0 +1,57 @@
+"""`carvq-gguf convert SOURCE -o OUT.gguf`: HF model directory or GGUF in, CARVQ-GGUF out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..state import CarvqError
+
+DEFAULT_PRESET = "carvq-1.6"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the convert subcommand."""
+    p = sub.add_parser("convert", help="write a CARVQ-GGUF from an HF model directory or a GGUF file",
+                       description="Replace token_embd.weight of a model with CARVQ tensors (docs/FORMAT.md). "
+                                   "Every other tensor and key is copied byte for byte; a tied head is "
+                                   "written explicitly as output.weight.")
+    p.add_argument("source", type=Path, help="HF model directory or .gguf file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="CARVQ-GGUF file to write")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"compression preset (default {DEFAULT_PRESET})")
+    p.add_argument("--calib-text", type=Path, default=None,
+                   help="calibration text for importance weights (default: the bundled calib.txt)")
+    p.add_argument("--output-type", default=None,
+                   help="ggml type of the explicit output.weight written for a tied head "
+                        "(default: the source token_embd's type, bytes copied as-is)")
+    p.add_argument("--base-type", default="auto",
+                   help="HF source only: convert_hf_to_gguf.py --outtype for the base GGUF (default auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quantize", default=None, metavar="TYPE",
+                   help="quantize the transformer weights with llama.cpp's quantizer (needs the patched runtime)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, then print sizes."""
+    from ..convert.pipeline import convert
+
+    if args.quantize:
+        raise CarvqError("--quantize needs the patched llama.cpp runtime's quantizer, which is not wired yet")
+    result = convert(args.source, args.output, args.preset, calib_text=args.calib_text,
+                     output_type=args.output_type, base_type=args.base_type, seed=args.seed,
+                     progress=not args.no_progress)
+    delta = result.out_bytes - result.base_bytes
+    print(f"wrote {result.out_path} ({_mb(result.out_bytes)}), verified by reading it back")
+    print(f"  token_embd.weight {result.token_embd_type} {_mb(result.token_embd_bytes)} -> "
+          f"CARVQ tensors {_mb(result.carvq_bytes)}")
+    if result.head_type:
+        print(f"  tied head written as output.weight {result.head_type} {_mb(result.head_bytes)}")
+    print(f"  file size {_mb(result.base_bytes)} -> {_mb(result.out_bytes)} ({delta:+,d} bytes, "
+          f"{100 * delta / result.base_bytes:+.1f}%)")
+    return 0

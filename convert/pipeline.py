@@ -1,0 +1,111 @@
+"""The converter end to end: source (HF directory or GGUF) -> base GGUF -> compress token_embd
+-> CARVQ-GGUF written atomically and verified by reading it back."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import gguf_io
+from ..state import CarvqError, CarvqState
+from .atomic import atomic_output, same_file
+from .calibration import calibration_token_ids
+from .gguf_source import output_head, token_embedding, verify_carvq_model, write_carvq_model
+from .hf_source import hf_to_gguf
+
+
+@dataclass
+class ConvertResult:
+    """What a conversion produced, for the report."""
+
+    out_path: Path
+    base_bytes: int            # the GGUF whose token_embd was replaced (the source, or the base made from HF)
+    out_bytes: int
+    token_embd_type: str       # ggml type of the replaced token_embd.weight
+    token_embd_bytes: int
+    carvq_bytes: int           # all carvq_* tensor data
+    head_type: str | None      # type of the explicit output.weight written for a tied head, else None
+    head_bytes: int
+    state: CarvqState
+
+
+def check_paths(source: Path, out: Path) -> None:
+    """CarvqError if the source is missing or the output would overwrite it."""
+    if not source.exists():
+        raise CarvqError(f"source {source} does not exist")
+    if source.is_file() and source.suffix != ".gguf":
+        raise CarvqError(f"source {source} is a file but not a .gguf file (or pass an HF model directory)")
+    if out.is_dir():
+        raise CarvqError(f"output {out} is a directory")
+    if source.is_file() and same_file(source, out):
+        raise CarvqError(f"refusing to overwrite the source {source}; choose another output path")
+
+
+def calibration_weights(source: Path, text: str, vocab_size: int) -> torch.Tensor:
+    """Importance weights [V] from the calibration text tokenized with source's tokenizer."""
+    from ..calib import token_weights
+
+    ids = calibration_token_ids(source, text)
+    if int(ids.max()) >= vocab_size:
+        raise CarvqError(f"the tokenizer produced id {int(ids.max())} >= vocabulary size {vocab_size}")
+    return token_weights(ids.tolist(), vocab_size)
+
+
+def read_calib_text(calib_text: Path | None) -> str:
+    """The calibration text: the given file, or the bundled carvq_gguf/data/calib.txt."""
+    from ..calib import bundled_text
+
+    path = calib_text if calib_text is not None else bundled_text("calib.txt")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CarvqError(f"cannot read calibration text {path}: {e}") from e
+
+
+def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: Path | None,
+                 output_type: str | None, seed: int, progress: bool) -> ConvertResult:
+    """Compress base's token_embd and write out; source supplies the tokenizer."""
+    from ..compress import compress_matrix
+    from ..presets import get_preset
+
+    reader = gguf_io.open_gguf(base)
+    matrix, src_type = token_embedding(reader)
+    V = matrix.shape[0]
+    weights = None
+    if get_preset(preset).train.weighted:
+        weights = calibration_weights(source, read_calib_text(calib_text), V)
+    print(f"[convert] compressing token_embd {V} x {matrix.shape[1]} ({src_type.name}) with preset {preset}",
+          file=sys.stderr)
+    state = compress_matrix(matrix, preset, token_weights=weights, seed=seed, progress=progress)
+    head = output_head(reader, matrix, output_type)
+    with atomic_output(out) as tmp:
+        write_carvq_model(reader, state, tmp, head, progress=progress)
+        verify_carvq_model(reader, gguf_io.open_gguf(tmp), state, head)
+    embd = next(t for t in reader.tensors if t.name == gguf_io.TOKEN_EMBD)
+    return ConvertResult(
+        out_path=out, base_bytes=base.stat().st_size, out_bytes=out.stat().st_size,
+        token_embd_type=src_type.name, token_embd_bytes=int(embd.n_bytes),
+        carvq_bytes=sum(arr.nbytes for _, arr in gguf_io.carvq_tensors(state)),
+        head_type=None if head is None else head.qtype.name,
+        head_bytes=0 if head is None else int(head.data.nbytes), state=state)
+
+
+def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None,
+            output_type: str | None = None, base_type: str = "auto", seed: int = 0,
+            progress: bool = True) -> ConvertResult:
+    """Convert an HF model directory or a GGUF file into a CARVQ-GGUF at out.
+
+    An HF directory first goes through llama.cpp's convert_hf_to_gguf.py (base_type = its
+    --outtype); the base GGUF lives in a temporary directory next to out and is removed.
+    """
+    source, out = Path(source), Path(out)
+    check_paths(source, out)
+    if source.is_file():
+        return convert_gguf(source, source, out, preset, calib_text, output_type, seed, progress)
+    with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
+        base = hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
+        return convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress)
