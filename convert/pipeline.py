@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -96,11 +97,12 @@ def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: P
 
 def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None,
             output_type: str | None = None, base_type: str = "auto", seed: int = 0,
-            progress: bool = True) -> ConvertResult:
+            progress: bool = True, keep_base: Path | None = None) -> ConvertResult:
     """Convert an HF model directory or a GGUF file into a CARVQ-GGUF at out.
 
     An HF directory first goes through llama.cpp's convert_hf_to_gguf.py (base_type = its
-    --outtype); the base GGUF lives in a temporary directory next to out and is removed.
+    --outtype); the base GGUF lives in a temporary directory next to out and is removed, unless
+    keep_base names a path to move it to (for comparison with the CARVQ-GGUF).
     """
     source, out = Path(source), Path(out)
     check_paths(source, out)
@@ -108,4 +110,7 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
         return convert_gguf(source, source, out, preset, calib_text, output_type, seed, progress)
     with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
         base = hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
-        return convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress)
+        result = convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress)
+        if keep_base is not None:
+            shutil.move(base, keep_base)
+        return result

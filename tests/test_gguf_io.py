@@ -211,3 +211,14 @@ def test_rejects_non_gguf_file(tmp_path: Path) -> None:
     path.write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(CarvqError, match="not a readable GGUF"):
         gguf_io.load_carvq_state(path)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"group_layout": "block", "levels": 3}, {"table_dim": 0}])
+def test_reader_decode_is_bit_identical(tmp_path: Path, kwargs: dict) -> None:
+    from carvq_gguf.module import CarvqEmbedding
+
+    state = make_random_state(**kwargs)
+    back = gguf_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))
+    a = CarvqEmbedding.from_state(state).decode_all()
+    b = CarvqEmbedding.from_state(back).decode_all()
+    assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: the source token_embd's type, bytes copied as-is)")
     p.add_argument("--base-type", default="auto",
                    help="HF source only: convert_hf_to_gguf.py --outtype for the base GGUF (default auto)")
+    p.add_argument("--keep-base", type=Path, default=None, metavar="FILE",
+                   help="HF source only: keep the base GGUF from convert_hf_to_gguf.py at FILE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quantize", default=None, metavar="TYPE",
                    help="quantize the transformer weights with llama.cpp's quantizer (needs the patched runtime)")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise CarvqError("--quantize needs the patched llama.cpp runtime's quantizer, which is not wired yet")
     result = convert(args.source, args.output, args.preset, calib_text=args.calib_text,
                      output_type=args.output_type, base_type=args.base_type, seed=args.seed,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, keep_base=args.keep_base)
     delta = result.out_bytes - result.base_bytes
     print(f"wrote {result.out_path} ({_mb(result.out_bytes)}), verified by reading it back")
     print(f"  token_embd.weight {result.token_embd_type} {_mb(result.token_embd_bytes)} -> "
