@@ -1,0 +1,60 @@
+"""Exact bit accounting of a CARVQ codec, component by component, as stored in the GGUF file.
+
+Stored sizes (docs/FORMAT.md): indices 4 bits each (packed two per byte whatever kappa is),
+codebooks F16, sigma0 F16, MLP weights F16, MLP biases and LayerNorm weights/biases F32,
+correction rows F16 per value plus an I32 token id per row. Metadata keys are not counted.
+"""
+
+from __future__ import annotations
+
+from .state import AdaptorConfig, CarvqState, RvqConfig
+
+INDEX_BITS = 4
+
+
+def bits_from_config(vocab_size: int, embedding_dim: int, rvq: RvqConfig, adaptor: AdaptorConfig,
+                     n_corrections: int = 0) -> dict[str, int]:
+    """Stored bits per component of a codec with these settings (no tensors needed)."""
+    V, n = vocab_size, embedding_dim
+    S, K, L, h = rvq.n_subvectors(n), rvq.codebook_size, rvq.levels, rvq.subvector_dim
+    bits = {
+        "codes": V * L * S * INDEX_BITS,
+        "codebooks": L * rvq.n_groups(V, n) * K * h * 16,
+        "sigma0": 0,
+        "mlp_weights": 0,
+        "mlp_biases": 0,
+        "norms": 0,
+        "correction_rows": n_corrections * n * 16,
+        "correction_ids": n_corrections * 32,
+    }
+    if adaptor.enabled:
+        layers = adaptor.layer_dims(n)
+        bits["sigma0"] = V * adaptor.table_dim * 16
+        bits["mlp_weights"] = sum(d_in * d_out for d_in, d_out in layers) * 16
+        bits["mlp_biases"] = sum(d_out for _, d_out in layers) * 32
+        bits["norms"] = sum(2 * d_out for _, d_out in layers[:-1]) * 32
+    return bits
+
+
+def total_bits(bits: dict[str, int]) -> int:
+    """Sum of a component dict."""
+    return sum(bits.values())
+
+
+def component_bits(state: CarvqState) -> dict[str, int]:
+    """Exact stored bits per component of a (checked) codec state."""
+    state.check()
+    return bits_from_config(state.vocab_size, state.embedding_dim, state.rvq, state.adaptor,
+                            state.n_correction_rows)
+
+
+def bpw(state: CarvqState) -> float:
+    """Total stored bits divided by the V * n weights of the dense matrix."""
+    return total_bits(component_bits(state)) / (state.vocab_size * state.embedding_dim)
+
+
+def bpw_from_config(vocab_size: int, embedding_dim: int, rvq: RvqConfig, adaptor: AdaptorConfig,
+                    n_corrections: int = 0) -> float:
+    """bpw of a codec with these settings, without tensors."""
+    bits = bits_from_config(vocab_size, embedding_dim, rvq, adaptor, n_corrections)
+    return total_bits(bits) / (vocab_size * embedding_dim)

@@ -1,0 +1,43 @@
+"""Presets: names, errors, and every budgeted preset at or under its bpw for realistic shapes."""
+
+import pytest
+
+from carvq_gguf.bits import bpw_from_config
+from carvq_gguf.presets import PRESET_NAMES, get_preset
+from carvq_gguf.state import CarvqError
+
+BUDGETED = [name for name in PRESET_NAMES if get_preset(name).max_bpw is not None]
+
+
+def test_expected_presets_exist():
+    for name in ("carvq-1.2", "carvq-1.6", "carvq-2.0", "carvq-2.4", "carvq-paper", "rvq-1.6"):
+        assert name in PRESET_NAMES
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(CarvqError, match="unknown preset 'carvq-9'"):
+        get_preset("carvq-9")
+
+
+@pytest.mark.parametrize("name", BUDGETED)
+@pytest.mark.parametrize("n", [576, 768, 960, 1024, 1536, 2048])
+@pytest.mark.parametrize("V", [32000, 49152, 151936, 262144])
+def test_budgeted_presets_stay_under_their_bpw(name, n, V):
+    preset = get_preset(name)
+    r = preset.resolve(V, n)
+    value = bpw_from_config(V, n, r.rvq, r.adaptor, r.correction_rows)
+    assert value <= preset.max_bpw
+    assert value > preset.max_bpw - 0.01  # the budget is actually spent
+
+
+def test_paper_preset_is_faithful():
+    r = get_preset("carvq-paper").resolve(49152, 576)
+    assert (r.rvq.group_layout, r.rvq.group_size, r.rvq.subvector_dim, r.rvq.codebook_size) == ("block", 1024, 8, 16)
+    assert (r.adaptor.table_dim, r.adaptor.hidden_dims) == (16, (384, 512))
+    assert not r.train.weighted and r.correction_rows == 0
+
+
+def test_rvq_only_variant_has_no_adaptor():
+    r = get_preset("rvq-1.6").resolve(49152, 576)
+    assert not r.adaptor.enabled and r.correction_rows == 0
+    assert r.rvq == get_preset("carvq-1.6").resolve(49152, 576).rvq
