@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     resolved = preset.resolve(V, n)
     report: dict = {"source": str(args.source), "preset": args.preset, "seed": args.seed,
                     "vocab_size": V, "embedding_dim": n}
+    if tokenizer is None and not args.no_eval:
+        raise CarvqError(f"{args.source!r} has no tokenizer: pass --no-eval to skip the perplexity evaluation")
     weights = None
     if resolved.train.weighted:
         if tokenizer is None:
@@ -150,8 +152,6 @@ def run(args: argparse.Namespace) -> int:
             report[f"{key}_{name}"] = value
 
     if not args.no_eval:
-        if tokenizer is None:
-            raise CarvqError(f"{args.source!r} has no tokenizer: pass --no-eval")
         text, report["eval_text"] = _read_text(args.eval_text, "eval.txt")
         windows = eval_windows(tokenize_text(tokenizer, text), args.windows, args.window)
         report.update(eval_windows=args.windows, eval_window=args.window,

@@ -1,0 +1,48 @@
+"""Codec files: bit-exact round trip, atomic write; compress_matrix determinism and contract."""
+
+import torch
+
+from carvq_gguf.bits import bpw
+from carvq_gguf.calib import token_weights
+from carvq_gguf.codec_io import load_codec, save_codec
+from carvq_gguf.compress import compress_matrix, rvq_only
+from carvq_gguf.module import CarvqEmbedding
+from carvq_gguf.presets import Preset, PRESETS, TrainConfig
+from carvq_gguf.state import AdaptorConfig, RvqConfig
+
+from conftest import make_random_state
+
+
+def test_save_load_round_trip(tmp_path):
+    state = make_random_state(group_layout="block")
+    path = tmp_path / "x.carvq"
+    save_codec(state, path)
+    back = load_codec(path)
+    assert back.rvq == state.rvq and back.adaptor == state.adaptor and back.preset == state.preset
+    for a, b in [(back.codes, state.codes), (back.codebooks, state.codebooks), (back.sigma0, state.sigma0),
+                 (back.correction_ids, state.correction_ids), (back.correction_rows, state.correction_rows)]:
+        assert torch.equal(a, b) and a.dtype == b.dtype
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(back.linears, state.linears))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.carvq"]  # no temporary file left
+
+
+def test_compress_matrix_contract_and_determinism(monkeypatch):
+    # a small budgeted preset for a toy shape: L=2 column RVQ + tiny adaptor + correction rows
+    toy = Preset("toy-3.0", 3.0, RvqConfig(levels=2), AdaptorConfig(table_dim=2, hidden_dims=(16,)),
+                 TrainConfig(kmeans_iters=10, epochs=3, batch_size=256))
+    monkeypatch.setitem(PRESETS, "toy-3.0", toy)
+    gen = torch.Generator().manual_seed(0)
+    E = torch.randn(2048, 32, generator=gen)
+    w = token_weights(torch.randint(0, 64, (3000,), generator=gen).tolist(), 2048)
+    a = compress_matrix(E, "toy-3.0", w, seed=1, progress=False)
+    b = compress_matrix(E, "toy-3.0", w, seed=1, progress=False)
+    assert bpw(a) <= 3.0 and a.n_correction_rows > 0 and a.adaptor.table_dim == 2
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.sigma0, b.sigma0)
+    assert torch.equal(a.correction_rows, b.correction_rows)
+    # correction rows go to the most frequent tokens and make them (F16-)exact
+    top = torch.argsort(-w, stable=True)[:a.n_correction_rows].sort().values
+    assert torch.equal(a.correction_ids.long(), top)
+    decoded = CarvqEmbedding.from_state(a).decode_all()
+    assert torch.allclose(decoded[top], E[top], atol=2e-3)
+    plain = CarvqEmbedding.from_state(rvq_only(a)).decode_all()
+    assert (decoded - E).abs().mean() < (plain - E).abs().mean()
