@@ -67,21 +67,34 @@ def read_calib_text(calib_text: Path | None) -> str:
         raise CarvqError(f"cannot read calibration text {path}: {e}") from e
 
 
-def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: Path | None,
-                 output_type: str | None, seed: int, progress: bool) -> ConvertResult:
-    """Compress base's token_embd and write out; source supplies the tokenizer."""
+def make_state(source: Path, matrix: torch.Tensor, preset: str, calib_text: Path | None, seed: int,
+               progress: bool, codec: Path | None) -> CarvqState:
+    """The codec for matrix: compressed now with preset, or loaded from a `compress -o` codec file."""
     from ..compress import compress_matrix
     from ..presets import get_preset
 
-    reader = gguf_io.open_gguf(base)
-    matrix, src_type = token_embedding(reader)
-    V = matrix.shape[0]
+    V, n = matrix.shape
+    if codec is not None:
+        from ..codec_io import load_codec
+
+        state = load_codec(codec)
+        if (state.vocab_size, state.embedding_dim) != (V, n):
+            raise CarvqError(f"codec {codec} is {state.vocab_size} x {state.embedding_dim}, "
+                             f"but the model's token_embd is {V} x {n}")
+        return state
     weights = None
     if get_preset(preset).train.weighted:
         weights = calibration_weights(source, read_calib_text(calib_text), V)
-    print(f"[convert] compressing token_embd {V} x {matrix.shape[1]} ({src_type.name}) with preset {preset}",
-          file=sys.stderr)
-    state = compress_matrix(matrix, preset, token_weights=weights, seed=seed, progress=progress)
+    print(f"[convert] compressing token_embd {V} x {n} with preset {preset}", file=sys.stderr)
+    return compress_matrix(matrix, preset, token_weights=weights, seed=seed, progress=progress)
+
+
+def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: Path | None,
+                 output_type: str | None, seed: int, progress: bool, codec: Path | None = None) -> ConvertResult:
+    """Compress base's token_embd (or take codec) and write out; source supplies the tokenizer."""
+    reader = gguf_io.open_gguf(base)
+    matrix, src_type = token_embedding(reader)
+    state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
     head = output_head(reader, matrix, output_type)
     with atomic_output(out) as tmp:
         write_carvq_model(reader, state, tmp, head, progress=progress)
@@ -97,20 +110,21 @@ def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: P
 
 def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None,
             output_type: str | None = None, base_type: str = "auto", seed: int = 0,
-            progress: bool = True, keep_base: Path | None = None) -> ConvertResult:
+            progress: bool = True, keep_base: Path | None = None, codec: Path | None = None) -> ConvertResult:
     """Convert an HF model directory or a GGUF file into a CARVQ-GGUF at out.
 
     An HF directory first goes through llama.cpp's convert_hf_to_gguf.py (base_type = its
     --outtype); the base GGUF lives in a temporary directory next to out and is removed, unless
-    keep_base names a path to move it to (for comparison with the CARVQ-GGUF).
+    keep_base names a path to move it to (for comparison with the CARVQ-GGUF). codec, a file
+    written by `carvq-gguf compress -o`, replaces compressing here (preset and calib_text unused).
     """
     source, out = Path(source), Path(out)
     check_paths(source, out)
     if source.is_file():
-        return convert_gguf(source, source, out, preset, calib_text, output_type, seed, progress)
+        return convert_gguf(source, source, out, preset, calib_text, output_type, seed, progress, codec)
     with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
         base = hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
-        result = convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress)
+        result = convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress, codec)
         if keep_base is not None:
             shutil.move(base, keep_base)
         return result

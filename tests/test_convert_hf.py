@@ -141,3 +141,17 @@ def test_cli_convert_reports_size_change(converted: dict, tmp_path: Path, capsys
     head = next(t for t in GGUFReader(out).tensors if t.name == "output.weight")
     assert head.tensor_type.name == "Q8_0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.gguf"]  # no temporary files left
+
+
+def test_convert_with_a_saved_codec(converted: dict, tmp_path: Path) -> None:
+    from carvq_gguf.codec_io import save_codec
+
+    result0, _, base = converted[True]
+    save_codec(result0.state, tmp_path / "codec.pt")
+    base_path = Path(base.data.filename)
+    result = convert(base_path, tmp_path / "c.gguf", "no-such-preset", codec=tmp_path / "codec.pt", progress=False)
+    assert_states_identical(result0.state, gguf_io.load_carvq_state(result.out_path))
+    from conftest import make_random_state
+    save_codec(make_random_state(), tmp_path / "small.pt")
+    with pytest.raises(CarvqError, match="is 96 x 64, but the model's token_embd is 256 x 64"):
+        convert(base_path, tmp_path / "d.gguf", PRESET, codec=tmp_path / "small.pt", progress=False)

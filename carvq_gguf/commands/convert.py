@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"compression preset (default {DEFAULT_PRESET})")
     p.add_argument("--calib-text", type=Path, default=None,
                    help="calibration text for importance weights (default: the bundled calib.txt)")
+    p.add_argument("--codec", type=Path, default=None, metavar="FILE",
+                   help="use a codec written by `carvq-gguf compress -o FILE` instead of compressing again")
     p.add_argument("--output-type", default=None,
                    help="ggml type of the explicit output.weight written for a tied head "
                         "(default: the source token_embd's type, bytes copied as-is)")
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise CarvqError("--quantize needs the patched llama.cpp runtime's quantizer, which is not wired yet")
     result = convert(args.source, args.output, args.preset, calib_text=args.calib_text,
                      output_type=args.output_type, base_type=args.base_type, seed=args.seed,
-                     progress=not args.no_progress, keep_base=args.keep_base)
+                     progress=not args.no_progress, keep_base=args.keep_base,
+                     codec=args.codec)
     delta = result.out_bytes - result.base_bytes
     print(f"wrote {result.out_path} ({_mb(result.out_bytes)}), verified by reading it back")
     print(f"  token_embd.weight {result.token_embd_type} {_mb(result.token_embd_bytes)} -> "
