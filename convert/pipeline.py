@@ -15,7 +15,7 @@ from .. import gguf_io
 from ..state import CarvqError, CarvqState
 from .atomic import atomic_output, same_file
 from .calibration import calibration_token_ids
-from .gguf_source import output_head, token_embedding, verify_carvq_model, write_carvq_model
+from .gguf_source import output_head, parse_type, token_embedding, verify_carvq_model, write_carvq_model
 from .hf_source import hf_to_gguf
 
 
@@ -32,6 +32,7 @@ class ConvertResult:
     head_type: str | None      # type of the explicit output.weight written for a tied head, else None
     head_bytes: int
     state: CarvqState
+    quantized: str | None = None  # llama.cpp quantization type applied to the transformer weights
 
 
 def check_paths(source: Path, out: Path) -> None:
@@ -89,42 +90,74 @@ def make_state(source: Path, matrix: torch.Tensor, preset: str, calib_text: Path
     return compress_matrix(matrix, preset, token_weights=weights, seed=seed, progress=progress)
 
 
+def write_verified(reader, state: CarvqState, tmp: Path, head, quantize: str | None,
+                   output_type: str | None, progress: bool) -> None:
+    """Write the CARVQ-GGUF to tmp and verify it; with quantize, write an unquantized file next
+    to it first, quantize that into tmp with llama.cpp and verify the quantized file too."""
+    if quantize is None:
+        write_carvq_model(reader, state, tmp, head, progress=progress)
+        verify_carvq_model(reader, gguf_io.open_gguf(tmp), state, head)
+        return
+    from .quantize import quantize_gguf, verify_quantized
+
+    unquantized = tmp.with_name(tmp.name + ".unquantized")
+    try:
+        write_carvq_model(reader, state, unquantized, head, progress=progress)
+        before = gguf_io.open_gguf(unquantized)
+        verify_carvq_model(reader, before, state, head)
+        print(f"[convert] quantizing the transformer weights to {quantize} with llama_model_quantize",
+              file=sys.stderr)
+        quantize_gguf(unquantized, tmp, quantize, None if output_type is None else parse_type(output_type))
+        verify_quantized(before, gguf_io.open_gguf(tmp), state)
+    finally:
+        unquantized.unlink(missing_ok=True)
+
+
 def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: Path | None,
-                 output_type: str | None, seed: int, progress: bool, codec: Path | None = None) -> ConvertResult:
+                 output_type: str | None, seed: int, progress: bool, codec: Path | None = None,
+                 quantize: str | None = None) -> ConvertResult:
     """Compress base's token_embd (or take codec) and write out; source supplies the tokenizer."""
     reader = gguf_io.open_gguf(base)
     matrix, src_type = token_embedding(reader)
     state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
     head = output_head(reader, matrix, output_type)
     with atomic_output(out) as tmp:
-        write_carvq_model(reader, state, tmp, head, progress=progress)
-        verify_carvq_model(reader, gguf_io.open_gguf(tmp), state, head)
+        write_verified(reader, state, tmp, head, quantize, output_type, progress)
     embd = next(t for t in reader.tensors if t.name == gguf_io.TOKEN_EMBD)
+    written = {t.name: t for t in gguf_io.open_gguf(out).tensors}
+    out_head = written[gguf_io.OUTPUT] if head is not None else None
     return ConvertResult(
         out_path=out, base_bytes=base.stat().st_size, out_bytes=out.stat().st_size,
         token_embd_type=src_type.name, token_embd_bytes=int(embd.n_bytes),
-        carvq_bytes=sum(arr.nbytes for _, arr in gguf_io.carvq_tensors(state)),
-        head_type=None if head is None else head.qtype.name,
-        head_bytes=0 if head is None else int(head.data.nbytes), state=state)
+        carvq_bytes=sum(int(t.n_bytes) for name, t in written.items() if name.startswith(gguf_io.TENSOR_PREFIX)),
+        head_type=None if out_head is None else out_head.tensor_type.name,
+        head_bytes=0 if out_head is None else int(out_head.n_bytes), state=state, quantized=quantize)
 
 
 def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None,
             output_type: str | None = None, base_type: str = "auto", seed: int = 0,
-            progress: bool = True, keep_base: Path | None = None, codec: Path | None = None) -> ConvertResult:
+            progress: bool = True, keep_base: Path | None = None, codec: Path | None = None,
+            quantize: str | None = None) -> ConvertResult:
     """Convert an HF model directory or a GGUF file into a CARVQ-GGUF at out.
 
     An HF directory first goes through llama.cpp's convert_hf_to_gguf.py (base_type = its
     --outtype); the base GGUF lives in a temporary directory next to out and is removed, unless
     keep_base names a path to move it to (for comparison with the CARVQ-GGUF). codec, a file
     written by `carvq-gguf compress -o`, replaces compressing here (preset and calib_text unused).
+    quantize (a llama.cpp type such as Q4_K_M) quantizes the transformer weights with the
+    patched llama.cpp quantizer, which leaves the CARVQ tensors as they are.
     """
     source, out = Path(source), Path(out)
     check_paths(source, out)
+    if quantize is not None:
+        from .quantize import check_quantize_type
+
+        check_quantize_type(quantize)
     if source.is_file():
-        return convert_gguf(source, source, out, preset, calib_text, output_type, seed, progress, codec)
+        return convert_gguf(source, source, out, preset, calib_text, output_type, seed, progress, codec, quantize)
     with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
         base = hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
-        result = convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress, codec)
+        result = convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress, codec, quantize)
         if keep_base is not None:
             shutil.move(base, keep_base)
         return result

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..state import CarvqError
 
 DEFAULT_PRESET = "carvq-1.6"
 
@@ -32,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="HF source only: keep the base GGUF from convert_hf_to_gguf.py at FILE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quantize", default=None, metavar="TYPE",
-                   help="quantize the transformer weights with llama.cpp's quantizer (needs the patched runtime)")
+                   help="quantize the transformer weights with llama.cpp's quantizer, e.g. Q4_K_M (needs the patched "
+                        "runtime from `carvq-gguf build-runtime`); output.weight follows llama.cpp's choice "
+                        "for TYPE unless --output-type is given")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -45,14 +46,14 @@ def run(args: argparse.Namespace) -> int:
     """Convert, then print sizes."""
     from ..convert.pipeline import convert
 
-    if args.quantize:
-        raise CarvqError("--quantize needs the patched llama.cpp runtime's quantizer, which is not wired yet")
     result = convert(args.source, args.output, args.preset, calib_text=args.calib_text,
                      output_type=args.output_type, base_type=args.base_type, seed=args.seed,
                      progress=not args.no_progress, keep_base=args.keep_base,
-                     codec=args.codec)
+                     codec=args.codec, quantize=args.quantize)
     delta = result.out_bytes - result.base_bytes
     print(f"wrote {result.out_path} ({_mb(result.out_bytes)}), verified by reading it back")
+    if result.quantized:
+        print(f"  transformer weights quantized to {result.quantized} by llama.cpp; CARVQ tensors unchanged")
     print(f"  token_embd.weight {result.token_embd_type} {_mb(result.token_embd_bytes)} -> "
           f"CARVQ tensors {_mb(result.carvq_bytes)}")
     if result.head_type:
