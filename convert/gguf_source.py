@@ -19,6 +19,7 @@ from ..state import CarvqError, CarvqState
 
 ARCH_KEY = "general.architecture"
 ALIGNMENT_KEY = "general.alignment"
+SPLIT_COUNT_KEY = "split.count"
 
 
 @dataclass
@@ -47,6 +48,10 @@ def architecture(reader: GGUFReader) -> str:
 
 def token_embedding(reader: GGUFReader) -> tuple[torch.Tensor, GGMLQuantizationType]:
     """The dequantized token_embd.weight as float32 [V, n] and its ggml type in the source."""
+    split = reader.get_field(SPLIT_COUNT_KEY)
+    if split is not None and int(split.contents()) > 1:
+        raise CarvqError(f"the source is one shard of a {int(split.contents())}-way split GGUF; merge it first "
+                         "(llama.cpp's llama-gguf-split --merge)")
     t = find_tensor(reader, gguf_io.TOKEN_EMBD)
     if t is None:
         if gguf_io.is_carvq(reader):

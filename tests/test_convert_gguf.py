@@ -157,3 +157,18 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
         assert dest.read_bytes() == b"old"
     assert dest.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gguf"]
+
+
+def test_split_gguf_is_rejected(tmp_path: Path) -> None:
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(tmp_path / "shard.gguf", "llama")
+    w.add_uint16("split.no", 0)
+    w.add_uint16("split.count", 2)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(CarvqError, match="one shard of a 2-way split GGUF"):
+        gguf_source.token_embedding(GGUFReader(tmp_path / "shard.gguf"))
