@@ -100,7 +100,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"embedding       V={s['vocab_size']} x n={s['embedding_length']}",
             f"RVQ             h={s['subvector_dim']} K={s['codebook_size']} (kappa={s['codebook_bits']}) "
             f"L={s['levels']} layout={layout}, {s['codebooks_per_level']} codebooks per level",
-            f"adaptor         " + (f"m1={s['adaptor_table_dim']} hidden={s['adaptor_hidden_dims']} "
+            "adaptor         " + (f"m1={s['adaptor_table_dim']} hidden={s['adaptor_hidden_dims']} "
                                    f"{s['adaptor_activation']} eps={s['adaptor_norm_epsilon']:g}"
                                    if s["adaptor_table_dim"] else "none"),
             f"correction rows {s['correction_rows']}",
