@@ -149,6 +149,10 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
     """
     source, out = Path(source), Path(out)
     check_paths(source, out)
+    if codec is None:
+        from ..presets import get_preset
+
+        get_preset(preset)  # an unknown name fails now, not after the base GGUF is made
     if quantize is not None:
         from .quantize import check_quantize_type
 

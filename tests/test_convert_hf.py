@@ -154,3 +154,9 @@ def test_convert_with_a_saved_codec(converted: dict, tmp_path: Path) -> None:
     save_codec(make_random_state(), tmp_path / "small.pt")
     with pytest.raises(CarvqError, match="is 96 x 64, but the model's token_embd is 256 x 64"):
         convert(base_path, tmp_path / "d.gguf", PRESET, codec=tmp_path / "small.pt", progress=False)
+
+
+def test_unknown_preset_fails_before_any_work(hf_dirs: dict, tmp_path: Path) -> None:
+    with pytest.raises(CarvqError, match="unknown preset 'nope'"):
+        convert(hf_dirs[True], tmp_path / "o.gguf", "nope", progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..presets import PRESET_NAMES
+
 
 DEFAULT_PRESET = "carvq-1.6"
 
@@ -17,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "written explicitly as output.weight.")
     p.add_argument("source", type=Path, help="HF model directory or .gguf file")
     p.add_argument("-o", "--output", type=Path, required=True, help="CARVQ-GGUF file to write")
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"compression preset (default {DEFAULT_PRESET})")
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"one of {', '.join(PRESET_NAMES)} (default {DEFAULT_PRESET})")
     p.add_argument("--calib-text", type=Path, default=None,
                    help="calibration text for importance weights (default: the bundled calib.txt)")
     p.add_argument("--codec", type=Path, default=None, metavar="FILE",
