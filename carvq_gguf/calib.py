@@ -14,7 +14,7 @@ import torch
 
 from .state import CarvqError
 
-DEFAULT_FLOOR = 0.05
+DEFAULT_FLOOR = 0.01  # best of 0.5 / 0.05 / 0.01 / 0.002 on SmolLM2 (docs/EXPERIMENTS.md)
 
 
 def bundled_text(name: str) -> Path:
@@ -26,7 +26,7 @@ def token_weights(token_ids: Sequence[int], vocab_size: int, floor: float = DEFA
     """float32 [V]: occurrences of every token id in token_ids, plus floor for every row.
 
     The floor keeps rows absent from the calibration text in play (they still get fitted);
-    it is in units of occurrences, so 0.05 means "one occurrence counts like 20 unseen rows".
+    it is in units of occurrences, so 0.01 means "one occurrence counts like 100 unseen rows".
     """
     if vocab_size < 1:
         raise CarvqError(f"vocab_size must be >= 1, got {vocab_size}")

@@ -18,7 +18,7 @@ def squared_distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Te
     """Squared Euclidean distances [G, N, K] between points [G, N, h] and centroids [G, K, h]."""
     p2 = (points * points).sum(-1, keepdim=True)
     c2 = (centroids * centroids).sum(-1).unsqueeze(1)
-    d = p2 - 2.0 * torch.bmm(points, centroids.transpose(1, 2)) + c2
+    d = p2 - 2.0 * torch.einsum("gnh,gkh->gnk", points, centroids) + c2
     return d.clamp_min_(0.0)
 
 
@@ -27,25 +27,30 @@ def assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return squared_distances(points, centroids).argmin(dim=-1)
 
 
+def sample_rows(prob: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of prob [G, N] (non-negative, positive row sums), drawn with
+    probability proportional to prob, by inverting the cumulative sum (float64)."""
+    cdf = prob.to(torch.float64).cumsum(dim=1)
+    u = torch.rand(prob.shape[0], 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=prob.shape[1] - 1)
+
+
 def kmeans_pp_seed(points: torch.Tensor, weights: torch.Tensor, k: int,
                    generator: torch.Generator) -> torch.Tensor:
     """k-means++ seeding per group: centroids [G, k, h]."""
     G, N, h = points.shape
     rows = torch.arange(G)
     centroids = torch.empty(G, k, h, dtype=points.dtype)
-    first = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    centroids[:, 0] = points[rows, first]
-    best = squared_distances(points, centroids[:, :1]).squeeze(-1)
+    centroids[:, 0] = points[rows, sample_rows(weights, generator)]
+    best = (points - centroids[:, 0:1]).pow(2).sum(-1)
     for c in range(1, k):
         prob = weights * best
         # groups whose points all coincide with the chosen centroids: fall back to weights
         dead = prob.sum(dim=1) <= 0
         if bool(dead.any()):
             prob[dead] = weights[dead]
-        pick = torch.multinomial(prob, 1, generator=generator).squeeze(1)
-        centroids[:, c] = points[rows, pick]
-        dist = squared_distances(points, centroids[:, c:c + 1]).squeeze(-1)
-        best = torch.minimum(best, dist)
+        centroids[:, c] = points[rows, sample_rows(prob, generator)]
+        best = torch.minimum(best, (points - centroids[:, c:c + 1]).pow(2).sum(-1))
     return centroids
 
 

