@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "carvq_gguf.commands.convert",
     "carvq_gguf.commands.inspect",
     "carvq_gguf.commands.build_runtime",
+    "carvq_gguf.commands.eval",
+    "carvq_gguf.commands.pareto",
 ]
 
 

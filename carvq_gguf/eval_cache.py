@@ -1,0 +1,102 @@
+"""Content-addressed cache for the evaluation pipeline: built model variants, base logits and
+measured results, each stored under a key that hashes everything it depends on.
+
+Layout under the root (default sdist.cache_dir() / "eval"):
+    <kind>/<key><suffix>   one entry (a .gguf model, a .logits file, a .json result ...)
+
+An entry exists only once complete: builders write to a temporary name in the same directory
+and the entry is renamed into place at the end, so an interrupted run leaves nothing that a
+later run would mistake for a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import sdist
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONVERT_DIR = PACKAGE_DIR.parent / "convert"
+
+
+def hash_key(*parts: Any) -> str:
+    """A short hex key over parts (each turned into canonical JSON, so dicts and lists work)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file, memoised by (path, size, mtime) so big models are hashed once per run."""
+    stat = Path(path).stat()
+    memo = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _FILE_HASHES:
+        _FILE_HASHES[memo] = sdist.file_sha256(Path(path))
+    return _FILE_HASHES[memo]
+
+
+def codec_code_version() -> str:
+    """Hash of the source files that decide what a CARVQ variant contains: the codec, the GGUF
+    writer and the converter (not the evaluation modules, so editing those keeps built models)."""
+    names = ("adaptor.py", "bits.py", "calib.py", "compress.py", "gguf_io.py", "kmeans.py", "presets.py",
+             "rvq.py", "state.py", "packing.py", "baselines.py", "module.py", "codec_io.py")
+    files = [PACKAGE_DIR / n for n in names if (PACKAGE_DIR / n).is_file()]
+    files += sorted(CONVERT_DIR.glob("*.py"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+class EvalCache:
+    """Files and JSON results stored by key."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else sdist.cache_dir() / "eval"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, kind: str, key: str, suffix: str) -> Path:
+        """Where the entry kind/key lives (it may not exist yet)."""
+        return self.root / kind / f"{key}{suffix}"
+
+    def file(self, kind: str, key: str, suffix: str, build: Callable[[Path], None]) -> Path:
+        """The cached file kind/key, made by build(tmp_path) if missing, then renamed into place."""
+        final = self.path(kind, key, suffix)
+        if final.exists():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
+        try:
+            build(tmp)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final
+
+    def load_json(self, kind: str, key: str) -> Any | None:
+        """The JSON entry kind/key, or None if it is not cached."""
+        path = self.path(kind, key, ".json")
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text())
+
+    def save_json(self, kind: str, key: str, value: Any) -> None:
+        """Store value as the JSON entry kind/key (atomically)."""
+        self.file(kind, key, ".json", lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True)))
+
+    def json(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
+        """The JSON entry kind/key, computed and stored if missing."""
+        value = self.load_json(kind, key)
+        if value is None:
+            value = compute()
+            self.save_json(kind, key, value)
+        return value

@@ -1,0 +1,188 @@
+"""Write the Pareto benchmark's report: pareto.json (all data), pareto.md (the table and what it
+says) and pareto.png (embedding bpw against dPPL and KLD, one line per method)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .state import CarvqError
+
+CARVQ_METHODS = ("CARVQ", "CARVQ (paper)")
+METHOD_STYLE = {"llama.cpp": ("tab:gray", "s", "-"), "CARVQ": ("tab:red", "o", "-"),
+                "CARVQ (paper)": ("tab:purple", "D", ""), "RVQ only": ("tab:blue", "^", "--")}
+
+
+def measured(rows: list[dict]) -> list[dict]:
+    """Rows that were built and measured."""
+    return [r for r in rows if r.get("ppl") is not None]
+
+
+def stock_points(rows: list[dict]) -> list[dict]:
+    """Measured llama.cpp rows, one per type actually written (fallbacks make duplicates), by bpw."""
+    seen: dict[str, dict] = {}
+    for r in measured(rows):
+        if r["method"] == "llama.cpp" and r["actual_type"] not in seen:
+            seen[r["actual_type"]] = r
+    return sorted(seen.values(), key=lambda r: r["embedding_bpw"])
+
+
+def comparisons(rows: list[dict]) -> list[str]:
+    """One sentence per stock type: the lowest-bpw CARVQ variant at or below its bpw with a dPPL
+    at most its dPPL (perplexity no worse), or that there is none."""
+    carvq = [r for r in measured(rows) if r["method"] in CARVQ_METHODS]
+    lines = []
+    for s in stock_points(rows):
+        wins = [c for c in carvq if c["embedding_bpw"] <= s["embedding_bpw"] and c["dppl_percent"] <= s["dppl_percent"]]
+        head = f"{s['actual_type']} ({s['embedding_bpw']:.2f} bpw, dPPL {s['dppl_percent']:+.2f}%)"
+        if not wins:
+            lines.append(f"{head}: no CARVQ variant at or below {s['embedding_bpw']:.2f} bpw is as good.")
+            continue
+        best = min(wins, key=lambda c: c["embedding_bpw"])
+        lines.append(f"{head}: beaten from {best['embedding_bpw']:.2f} bpw by {best['name']} "
+                     f"(dPPL {best['dppl_percent']:+.2f}%, KLD {best['kld']:.4f} vs {s['kld']:.4f}).")
+    return lines
+
+
+def _mb(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.2f}"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    out = ["| variant | method | token_embd written as | embedding bpw | embedding MB | file MB | PPL | dPPL % "
+           "| KLD | same top-1 % | note |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r.get("ppl") is None:
+            out.append(f"| {r['name']} | {r['method']} | not made | | | | | | | | {r['note']} |")
+            continue
+        written = r["embedding_type"] if r["embedding_type"] != "CARVQ" else "CARVQ tensors"
+        out.append(f"| {r['name']} | {r['method']} | {written} | {r['embedding_bpw']:.3f} | "
+                   f"{_mb(r['embedding_bytes'])} | {_mb(r['file_bytes'])} | {r['ppl']:.3f} ± {r['ppl_err']:.3f} | "
+                   f"{r['dppl_percent']:+.2f} | {r['kld']:.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
+                   f"{r['note']} |")
+    return out
+
+
+def markdown(data: dict, png_name: str = "pareto.png") -> str:
+    """The report as markdown."""
+    src, st = data["source"], data["settings"]
+    head = "tied to token_embd" if src["tied"] else "a separate output.weight"
+    lines = [
+        f"# Input-embedding compression of {src['name']}: CARVQ against llama.cpp's token_embd types",
+        "",
+        f"Source: `{src['name']}` (sha256 `{src['sha256'][:16]}...`), V = {src['vocab_size']}, "
+        f"n = {src['embedding_dim']}, token_embd {src['embedding_type']} ({src['embedding_bpw']:.2f} bpw, "
+        f"{_mb(src['embedding_bytes'])} MB), file {_mb(src['file_bytes'])} MB, head {head}.",
+        "",
+        "What differs between variants: only the input embedding. Every other tensor is byte-identical to "
+        "the source (checked by content hash for the llama.cpp types; by the converter's read-back check "
+        "for CARVQ). "
+        + ("The source ties its output head to token_embd, so every variant writes the head explicitly as "
+           f"`output.weight` in the source's {src['embedding_type']} (the original matrix): the head is the "
+           "same in all rows and the file sizes include it." if src["tied"] else
+           "The source has its own output.weight, kept as it is."),
+        "",
+        f"Measured with llama.cpp's `llama-perplexity` built from the patched tree: text `{st['text_name']}`, "
+        f"{st['n_chunks']} windows of {st['ctx']} tokens, the second half of each scored "
+        f"({st['scored_tokens']} tokens), {st['threads']} threads. The source's log-probabilities are saved "
+        "once (`--kl-divergence-base`) and every variant is scored on the same tokens (`--kl-divergence`). "
+        f"Source perplexity {src['ppl']:.3f} ± {src['ppl_err']:.3f}. dPPL = PPL / PPL(source) - 1; KLD = mean "
+        "KL(source || variant) per token; same top-1 = tokens whose most likely next token is the source's.",
+        "",
+        "llama.cpp types: `llama-quantize --allow-requantize --pure --token-embedding-type TYPE "
+        "--output-tensor-type <head type> UNTIED OUT <source file type>` (tensors already of the target type are "
+        "copied, not requantized). i-quants get an importance matrix from `llama-imatrix` on "
+        f"`{st['calib_text_name']}` ({st['imatrix_chunks']} windows; the calibration text, not the evaluation "
+        "text). A type whose block does not divide the row length is replaced by llama.cpp's fallback type; "
+        "the table shows the type actually written.",
+        "",
+        f"CARVQ variants: `carvq-gguf convert` with each preset of `carvq_gguf.presets` (codec code version "
+        f"`{st['codec_code_version']}`, calibration `{st['calib_text_name']}`, seed {st['seed']}); "
+        "`rvq-*` are the same RVQ without the adaptor and without correction rows.",
+        "",
+        f"![embedding bpw against dPPL]({png_name})",
+        "",
+        *_table(data["rows"]),
+        "",
+        "## Where CARVQ beats each llama.cpp type",
+        "",
+        "A CARVQ variant beats a type when its embedding takes no more bits per weight and its perplexity "
+        "change is no larger.",
+        "",
+        *[f"- {line}" for line in comparisons(data["rows"])],
+        "",
+        f"Wall time of the run that wrote this report: {data['wall_seconds'] / 60:.1f} min "
+        f"(steps found in the cache are not recomputed); building the variants took "
+        f"{sum(r['build_seconds'] for r in data['rows']) / 60:.1f} min when they were built.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(data: dict, out: Path) -> None:
+    """Embedding bpw against dPPL % (symlog) and KLD (log), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = measured(data["rows"])
+    groups = {"llama.cpp": stock_points(data["rows"])}
+    for method in ("CARVQ", "CARVQ (paper)", "RVQ only"):
+        groups[method] = sorted((r for r in rows if r["method"] == method), key=lambda r: r["embedding_bpw"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, key, label in ((axes[0], "dppl_percent", "perplexity change vs source (%)"),
+                           (axes[1], "kld", "mean KL divergence vs source")):
+        for method, points in groups.items():
+            if not points:
+                continue
+            color, marker, style = METHOD_STYLE[method]
+            xs = [p["embedding_bpw"] for p in points]
+            ys = [max(p[key], 1e-4) if key == "kld" else p[key] for p in points]
+            ax.plot(xs, ys, marker=marker, linestyle=style or "none", color=color, label=method)
+            for p, x, y in zip(points, xs, ys):
+                name = p["actual_type"] if method == "llama.cpp" else p["name"]
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+        if key == "kld":
+            ax.set_yscale("log")
+        else:
+            ax.set_yscale("symlog", linthresh=1.0)
+            ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xlabel("input embedding bits per weight (everything stored)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    st = data["settings"]
+    fig.suptitle(f"{data['source']['name']}: input embedding only, {st['scored_tokens']} tokens of "
+                 f"{st['text_name']} in llama.cpp", fontsize=10)
+    fig.tight_layout()
+    _atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _atomic_write(out: Path, write) -> None:
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise CarvqError(f"output directory {out.parent} does not exist")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        write(Path(name))
+        os.chmod(name, 0o644)
+        os.replace(name, out)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def write_report(data: dict, out_dir: Path) -> dict[str, Path]:
+    """Write pareto.json, pareto.md and pareto.png into out_dir (created if missing)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "pareto.json", "md": out_dir / "pareto.md", "png": out_dir / "pareto.png"}
+    _atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    plot(data, paths["png"])
+    _atomic_write(paths["md"], lambda tmp: tmp.write_text(markdown(data, paths["png"].name)))
+    return paths
