@@ -149,7 +149,7 @@ def plot(data: dict, out: Path) -> None:
         if key == "kld":
             ax.set_yscale("log")
         else:
-            ax.set_yscale("symlog", linthresh=1.0)
+            ax.set_yscale("symlog", linthresh=0.1)
             ax.axhline(0, color="black", linewidth=0.5)
         ax.set_xlabel("input embedding bits per weight (everything stored)")
         ax.set_ylabel(label)

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", type=Path, default=None, metavar="ORIGINAL.gguf",
                    help="the unmodified model to compare with (KL divergence, dPPL)")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
-    p.add_argument("--chunks", type=int, default=None, help="number of windows (default: all full windows)")
+    p.add_argument("--chunks", type=int, default=32,
+                   help="number of windows (default 32, as `carvq-gguf pareto`; 0 = every full window of TEXT)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache directory (default: <cache>/eval)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the result as JSON")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report import _atomic_write
 
     text = args.text if args.text is not None else bundled_text("eval.txt")
-    settings = EvalSettings(text, args.ctx, args.chunks, args.threads)
+    settings = EvalSettings(text, args.ctx, args.chunks or None, args.threads)
     row = evaluate_model(args.model, settings, base=args.base, cache=EvalCache(args.cache_dir))
     print(format_result(row))
     if args.json is not None:
