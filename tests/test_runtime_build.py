@@ -1,0 +1,107 @@
+"""The patch series and the build step: series and README consistent, patches apply to the
+pinned tree (and a bad one is named), the cache keys, cache hits without rebuilding, the
+installed build and the tools."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from carvq_gguf import runtime, sdist
+from carvq_gguf.state import CarvqError
+
+LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+
+
+def test_series_lists_numbered_format_patch_files_in_order() -> None:
+    patches = runtime.patch_files()
+    names = [p.name for p in patches]
+    assert names == sorted(names)
+    for i, path in enumerate(patches, start=1):
+        assert re.fullmatch(rf"{i:04d}-[A-Za-z0-9_.-]+\.patch", path.name), path.name
+        text = path.read_text()
+        assert text.startswith("From ") and "\nSubject: [PATCH" in text and "\ndiff --git a/" in text
+
+
+def test_readme_names_the_pinned_versions() -> None:
+    readme = (runtime.PATCHES_DIR / "README.md").read_text()
+    assert f"llama-cpp-python {sdist.LLAMA_CPP_PYTHON_VERSION}" in readme
+    assert LLAMA_CPP_COMMIT in readme and sdist.SDIST_SHA256 in readme
+
+
+def test_the_pinned_sdist_vendors_the_commit_the_readme_names() -> None:
+    head = sdist.ensure_pristine_tree() / ".git" / "modules" / "vendor" / "llama.cpp" / "HEAD"
+    assert head.read_text().strip() == LLAMA_CPP_COMMIT
+
+
+def test_the_series_applies_to_the_pristine_tree() -> None:
+    llama_dir = sdist.vendored_llama_cpp()
+    # git apply with several patches applies them in order, in memory
+    result = subprocess.run(["git", "apply", "--check", *map(str, runtime.patch_files())], cwd=llama_dir,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_patch_that_does_not_apply_is_named(tmp_path: Path) -> None:
+    good = runtime.patch_files()[0]
+    tree = tmp_path / "tree"
+    (tree / "vendor" / "llama.cpp" / "ggml" / "include").mkdir(parents=True)
+    (tree / "vendor" / "llama.cpp" / "ggml" / "include" / "ggml.h").write_text("not the real header\n")
+    with pytest.raises(CarvqError, match=re.escape(good.name)):
+        runtime.apply_patches(tree, [good])
+
+
+def test_series_problems_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(CarvqError, match="series"):
+        runtime.patch_files(tmp_path)
+    (tmp_path / "series").write_text("0001-missing.patch\n")
+    with pytest.raises(CarvqError, match="0001-missing.patch"):
+        runtime.patch_files(tmp_path)
+    (tmp_path / "series").write_text("# nothing\n\n")
+    with pytest.raises(CarvqError, match="no patches"):
+        runtime.patch_files(tmp_path)
+
+
+def test_cache_key_follows_every_patch_byte(tmp_path: Path) -> None:
+    copy = tmp_path / "patches"
+    shutil.copytree(runtime.PATCHES_DIR, copy)
+    assert runtime.patches_hash(copy) == runtime.patches_hash()
+    assert runtime.build_key(patches_dir=copy) == runtime.build_key()
+    last = runtime.patch_files(copy)[-1]
+    last.write_bytes(last.read_bytes() + b"\n")
+    assert runtime.build_key(patches_dir=copy) != runtime.build_key()
+    assert "stock" in runtime.build_key(stock=True) and "stock" not in runtime.build_key()
+    assert sdist.SDIST_SHA256[:16] in runtime.build_key()
+
+
+@pytest.mark.runtime
+def test_installed_build_is_the_patched_one() -> None:
+    assert runtime.is_patched(), "run carvq-gguf build-runtime"
+    assert runtime.installed_stamp() == runtime.patches_hash()
+
+
+@pytest.mark.runtime
+def test_repeat_setup_uses_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(*args, **kwargs):
+        raise AssertionError(f"rebuilt although cached: {args[0]}")
+    monkeypatch.setattr(runtime, "_run_logged", no_build)
+    monkeypatch.setattr(runtime, "install_wheel", no_build)
+    runtime.ensure_runtime(with_tools=True)
+    assert runtime.build_wheel().name.startswith("llama_cpp_python-")
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("name", runtime.TOOLS)
+def test_tools_are_built_and_run(name: str) -> None:
+    path = runtime.tool_path(name)
+    result = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode in (0, 1) and len(result.stdout + result.stderr) > 100
+
+
+def test_unknown_tool_is_refused() -> None:
+    with pytest.raises(CarvqError, match="llama-server"):
+        runtime.tool_path("llama-server")
