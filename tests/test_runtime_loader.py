@@ -1,0 +1,168 @@
+"""The patched loader refuses bad CARVQ-GGUF files with a clear error and never crashes; the
+quantizer copies CARVQ tensors unchanged; the stock build refuses CARVQ files.
+
+Every load runs in a subprocess: an abort or an out-of-bounds read would kill it with a signal
+(negative return code) instead of the Python ValueError llama-cpp-python raises on a load error.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+from carvq_gguf import runtime
+from carvq_gguf.convert import gguf_source
+from carvq_gguf.module import CarvqEmbedding
+from conftest import make_random_state
+from test_runtime_parity import ROW_TOL, embedding_rows, row_errors, tiny_base, vocab_and_width, write_carvq
+
+pytestmark = pytest.mark.runtime
+_ = tiny_base  # the session fixture, shared with the parity tests
+
+LOAD = "import sys, llama_cpp\nllama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=True)\nprint('LOADED')\n"
+
+
+def load_in_subprocess(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def rewrite(src: Path, out: Path, keys: dict[str, Any] | None = None,
+            tensors: dict[str, np.ndarray | None] | None = None) -> Path:
+    """Copy a GGUF with some keys set ((value, GGUFValueType) or None to drop) and some tensors
+    replaced (array, or None to drop); new tensors are appended."""
+    keys, tensors = keys or {}, dict(tensors or {})
+    reader = GGUFReader(src)
+    writer = GGUFWriter(out, gguf_source.architecture(reader))
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        if name in keys:
+            if keys[name] is not None:
+                value, vtype = keys.pop(name)
+                writer.add_key_value(name, value, vtype)
+            continue
+        value, vtype, sub = gguf_source.field_value(field)
+        writer.add_key_value(name, value, vtype, sub_type=sub)
+    for name, (value, vtype) in ((k, v) for k, v in keys.items() if v is not None):
+        writer.add_key_value(name, value, vtype)
+    for t in reader.tensors:
+        if t.name in tensors:
+            arr = tensors.pop(t.name)
+            if arr is not None:
+                writer.add_tensor(t.name, arr)
+        else:
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    for name, arr in tensors.items():
+        if arr is not None:
+            writer.add_tensor(name, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def good(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny tied llama source, its valid CARVQ-GGUF with block layout, adaptor and 3 corrections)."""
+    source = tiny_base("llama")
+    V, n = vocab_and_width(source)
+    state = make_random_state(vocab_size=V, embedding_dim=n, group_layout="block", seed=7)
+    return source, write_carvq(source, state, tmp_path_factory.mktemp("good") / "carvq.gguf")
+
+
+def tensor(path: Path, name: str) -> np.ndarray:
+    return np.array(next(t for t in GGUFReader(path).tensors if t.name == name).data)
+
+
+U32, STR = GGUFValueType.UINT32, GGUFValueType.STRING
+
+
+def test_the_valid_file_loads(good: tuple[Path, Path]) -> None:
+    result = load_in_subprocess(good[1])
+    assert result.returncode == 0 and "LOADED" in result.stdout, result.stderr[-2000:]
+    assert "CARVQ token embeddings" in result.stderr
+
+
+BAD_CASES = {
+    "version": (lambda g: dict(keys={"carvq.version": (2, U32)}), "unsupported carvq.version 2"),
+    "vocab_size": (lambda g: dict(keys={"carvq.vocab_size": (7, U32)}), "does not match the model's vocab"),
+    "subvector_dim": (lambda g: dict(keys={"carvq.subvector_dim": (5, U32)}), "even number of sub-vectors"),
+    "codebook_bits": (lambda g: dict(keys={"carvq.codebook_bits": (5, U32)}), "codebook_bits must be 1..4"),
+    "layout": (lambda g: dict(keys={"carvq.group_layout": ("rows", STR)}), "unknown group_layout 'rows'"),
+    "block_size_zero": (lambda g: dict(keys={"carvq.group_size": (0, U32)}), "group_size must be >= 1"),
+    "activation": (lambda g: dict(keys={"carvq.adaptor.activation": ("gelu", STR)}), "activation 'gelu'"),
+    "missing_key": (lambda g: dict(keys={"carvq.levels": None}), "carvq.levels"),
+    "too_many_corrections": (lambda g: dict(keys={"carvq.correction_rows": (10 ** 6, U32)}), "correction rows for a vocab"),
+    # a codebook count G that does not match the layout and group size
+    "group_count": (lambda g: dict(keys={"carvq.group_size": (41, U32)}), "carvq_codebooks"),
+    "codes_shape": (lambda g: dict(tensors={"carvq_codes": tensor(g, "carvq_codes")[:, :-1].copy()}), "carvq_codes"),
+    "codes_type": (lambda g: dict(tensors={"carvq_codes": tensor(g, "carvq_codes").astype(np.int16)}),
+                   "carvq_codes' has type i16, expected i8"),
+    "sigma0_type": (lambda g: dict(tensors={"carvq_sigma0": tensor(g, "carvq_sigma0").astype(np.float32)}),
+                    "carvq_sigma0' has type f32, expected f16"),
+    "missing_tensor": (lambda g: dict(tensors={"carvq_mlp.2.bias": None}), "carvq_mlp.2.bias"),
+    "extra_tensor": (lambda g: dict(tensors={"carvq_mlp.3.weight": np.zeros((4, 4), np.float16)}),
+                     "wrong number of tensors"),
+    "token_embd_too": (lambda g: dict(tensors={"token_embd.weight": np.zeros((256, 64), np.float16)}),
+                       "both carvq tensors and token_embd.weight"),
+    "tied_head": (lambda g: dict(tensors={"output.weight": None}), "no output.weight"),
+    "unsorted_ids": (lambda g: dict(tensors={"carvq_corr_ids": tensor(g, "carvq_corr_ids")[::-1].copy()}),
+                     "sorted and unique"),
+    "id_out_of_range": (lambda g: dict(tensors={"carvq_corr_ids": np.array([0, 1, 256], np.int32)}),
+                        "correction id 256 out of range"),
+    # kappa = 3 (K = 8) while the codes use all 16 values: a code would index past its codebook
+    "codes_beyond_k": (lambda g: dict(keys={"carvq.codebook_bits": (3, U32)},
+                                      tensors={"carvq_codebooks": tensor(g, "carvq_codebooks")[:, :, :8].copy()}),
+                       "K = 8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_files_are_refused_without_crashing(good: tuple[Path, Path], tmp_path: Path, case: str) -> None:
+    edit, message = BAD_CASES[case]
+    bad = rewrite(good[1], tmp_path / f"{case}.gguf", **edit(good[1]))
+    result = load_in_subprocess(bad)
+    assert result.returncode == 1, f"rc={result.returncode} (negative = killed by a signal)\n{result.stderr[-3000:]}"
+    assert "LOADED" not in result.stdout
+    assert message in result.stderr, result.stderr[-3000:]
+
+
+def test_quantizer_copies_carvq_tensors_unchanged(good: tuple[Path, Path], tmp_path: Path) -> None:
+    source, carvq = good
+    out = tmp_path / "q8.gguf"
+    result = subprocess.run([str(runtime.tool_path("llama-quantize")), str(carvq), str(out), "Q8_0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = {t.name: t for t in GGUFReader(carvq).tensors}
+    after = {t.name: t for t in GGUFReader(out).tensors}
+    assert set(before) == set(after)
+    carvq_names = [name for name in before if name.startswith("carvq_")]
+    assert len(carvq_names) == 15
+    for name in carvq_names:
+        assert after[name].tensor_type == before[name].tensor_type, name
+        assert np.array_equal(np.asarray(after[name].data), np.asarray(before[name].data)), name
+    assert after["blk.0.ffn_up.weight"].tensor_type.name == "Q8_0"  # the rest was quantized
+    state = gguf_source_state(carvq)
+    ids = list(range(state.vocab_size))
+    got = embedding_rows(out, ids)
+    assert row_errors(got, CarvqEmbedding(state)(torch.tensor(ids)).numpy()).max() <= ROW_TOL
+
+
+def gguf_source_state(path: Path):
+    from carvq_gguf import gguf_io
+    return gguf_io.load_carvq_state(path)
+
+
+def test_stock_llama_cpp_python_refuses_a_carvq_file(good: tuple[Path, Path]) -> None:
+    result = load_in_subprocess(good[1], env=runtime.stock_python_env())
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "tensor 'token_embd.weight' not found" in result.stderr
