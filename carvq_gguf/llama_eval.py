@@ -11,6 +11,10 @@ Each window of CTX tokens is scored on its second half (CTX - 1 - CTX/2 tokens),
 
 llama-perplexity can log an error and still exit 0 (e.g. a vocabulary mismatch in a KLD run), so
 the parsers require every number they return and raise CarvqError naming what is missing.
+Its logger writes from a background thread that is not joined at exit (llama.cpp leaks the
+logger on purpose, see common/log.cpp), so now and then the last lines, with the final numbers,
+never reach the pipe although the run completed. The parsers raise TruncatedOutput for a run
+that started scoring and then fell silent, and the runners repeat such a run (MAX_ATTEMPTS).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from .state import CarvqError
 
 DEFAULT_CTX = 512
 DEFAULT_THREADS = 2
+MAX_ATTEMPTS = 4
+MIN_STAT_TOKENS = 100  # llama-perplexity prints no KLD statistics below this many scored tokens
 
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf|-nan|-inf))"
 _PM = r"\s*(?:±|\+/-)\s*"
@@ -50,6 +56,10 @@ _KLD_SINGLE = {
 _KLD_ROW = re.compile(r"^\s*(\d+)\s+" + _NUM + _PM + _NUM + r"\s+" + _NUM + _PM + _NUM + r"\s+"
                       + _NUM + _PM + _NUM + r"\s+" + _NUM + _PM + _NUM + r"\s*%\s+" + _NUM + _PM + _NUM + r"\s*%\s*$",
                       re.MULTILINE)
+
+
+class TruncatedOutput(CarvqError):
+    """The run started scoring but its output stops before the final numbers."""
 
 
 @dataclass
@@ -134,6 +144,8 @@ def parse_perplexity_output(output: str) -> PerplexityRun:
                          "needs at least 2 windows (2 x ctx tokens); use a longer text or a smaller ctx")
     final = _FINAL_PPL.search(output)
     chunks = _CHUNKS_PPL.search(output)
+    if final is None and chunks is not None and "failed" not in output:
+        raise TruncatedOutput(f"llama-perplexity output stops before 'Final estimate'; output ends:\n{_tail(output)}")
     if final is None or chunks is None:
         missing = "'Final estimate: PPL = ...'" if final is None else "'calculating perplexity over N chunks'"
         raise CarvqError(f"llama-perplexity output not recognized (no {missing} line); output ends:\n{_tail(output)}")
@@ -154,10 +166,15 @@ def parse_kld_output(output: str) -> KldRun:
             line = next(l for l in output.splitlines() if problem in l)
             raise CarvqError(f"llama-perplexity could not compare with the base logits: {line.strip()}")
     rows = _KLD_ROW.findall(output)
-    if rows and "KL divergence statistics" not in output:
-        n = scored_tokens(len(rows), int(_CHUNKS_KLD.search(output).group(2))) if _CHUNKS_KLD.search(output) else "?"
-        raise CarvqError(f"llama-perplexity scored only {n} tokens and prints no statistics below 100; "
-                         "use more chunks or a larger ctx")
+    chunks = _CHUNKS_KLD.search(output)
+    if chunks is not None and "Minimum KLD" not in output:
+        n = scored_tokens(int(chunks.group(1)), int(chunks.group(2)))
+        if n < MIN_STAT_TOKENS:
+            raise CarvqError(f"llama-perplexity scored only {n} tokens and prints no statistics below "
+                             f"{MIN_STAT_TOKENS}; use more chunks or a larger ctx")
+        if "failed" not in output:
+            raise TruncatedOutput(f"llama-perplexity KL-divergence output stops before the statistics; "
+                                  f"output ends:\n{_tail(output)}")
     values: dict[str, float] = {}
     for name, pattern in _KLD_FIELDS.items():
         m = pattern.search(output)
@@ -171,7 +188,6 @@ def parse_kld_output(output: str) -> KldRun:
             raise CarvqError(f"llama-perplexity KL-divergence output not recognized (no {name} statistic); "
                              f"output ends:\n{_tail(output)}")
         values[name] = _float(m.group(1))
-    chunks = _CHUNKS_KLD.search(output)
     if chunks is None:
         raise CarvqError(f"llama-perplexity KL-divergence output not recognized (no chunk count); "
                          f"output ends:\n{_tail(output)}")
@@ -197,6 +213,18 @@ def _run(cmd: list[str], desc: str) -> str:
     return result.stdout
 
 
+def _run_parsed(cmd: list[str], desc: str, parse):
+    """Run cmd and parse its output, repeating a run whose output was cut short."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        output = _run(cmd, desc if attempt == 1 else f"{desc} (again: the last run's output was cut short)")
+        try:
+            return parse(output), output
+        except TruncatedOutput:
+            if attempt == MAX_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
 def check_model_file(path: Path) -> None:
     """CarvqError unless path is an existing file that starts with the GGUF magic."""
     path = Path(path)
@@ -215,8 +243,7 @@ def run_base(model: Path, text: Path, logits_out: Path, ctx: int = DEFAULT_CTX, 
            "--kl-divergence-base", str(logits_out)]
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
-    output = _run(cmd, f"llama-perplexity base run on {Path(model).name}")
-    return parse_perplexity_output(output), output
+    return _run_parsed(cmd, f"llama-perplexity base run on {Path(model).name}", parse_perplexity_output)
 
 
 def run_kld(model: Path, base_logits: Path, ctx: int = DEFAULT_CTX,
@@ -227,5 +254,4 @@ def run_kld(model: Path, base_logits: Path, ctx: int = DEFAULT_CTX,
         raise CarvqError(f"base logits {base_logits} do not exist")
     cmd = [str(perplexity_tool()), "-m", str(model), "-c", str(ctx), "-t", str(threads),
            "--kl-divergence-base", str(base_logits), "--kl-divergence"]
-    output = _run(cmd, f"llama-perplexity KL divergence of {Path(model).name}")
-    return parse_kld_output(output), output
+    return _run_parsed(cmd, f"llama-perplexity KL divergence of {Path(model).name}", parse_kld_output)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -43,6 +44,20 @@ class QuantizeOutcome:
 
 def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def refusal_reason(log: str, type_name: str) -> str:
+    """Why llama-quantize refused: its assertion or error message, in one line."""
+    assertion = re.search(r'GGML_ASSERT\((.*)\) failed', log)
+    if assertion:
+        message = re.search(r'"([^"]+)"', assertion.group(1))
+        return message.group(1) if message else assertion.group(1)
+    for line in log.splitlines():
+        if "failed to quantize:" in line:
+            return line.split("failed to quantize:", 1)[1].strip()
+    if "usage:" in log:
+        return f"llama-quantize does not accept {type_name} here"
+    return _tail(log, 1)
 
 
 def untie_head(src: Path, dst: Path) -> None:
@@ -136,12 +151,9 @@ def quantize_token_embd(untied: Path, out: Path, type_name: str, imatrix: Path |
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     log = result.stdout
     if result.returncode != 0 or not Path(out).is_file():
-        reason = next((l.strip() for l in reversed(log.splitlines()) if "error" in l.lower() or "failed" in l.lower()),
-                      _tail(log, 1))
-        if "invalid" in log.lower() and "type" in log.lower() and "usage" in log.lower():
-            reason = f"llama-quantize does not know type {type_name}"
         Path(out).unlink(missing_ok=True)
-        return QuantizeOutcome(type_name, None, f"not supported by llama.cpp here: {reason}", log)
+        return QuantizeOutcome(type_name, None, f"not supported by llama.cpp here: {refusal_reason(log, type_name)}",
+                               log)
     after = read_summary(out)
     verify_only_token_embd(before, after, f"llama-quantize --token-embedding-type {type_name}")
     actual = after.tensors[TOKEN_EMBD].type_name

@@ -1,0 +1,115 @@
+"""End to end on a tiny random llama: two variants (a llama.cpp token_embd type and an RVQ preset)
+built, measured by llama-perplexity against the source, reported; a rerun comes from the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from carvq_gguf.eval_cache import EvalCache
+from carvq_gguf.gguf_tensors import read_summary
+from carvq_gguf.pareto import ParetoOptions, run_pareto
+from carvq_gguf.report import write_report
+from carvq_gguf import variants
+from tiny_sources import SENTENCES, make_tiny_hf
+
+pytestmark = pytest.mark.runtime
+
+CTX = 64
+CHUNKS = 6  # 6 x 31 = 186 scored tokens: llama-perplexity prints KLD statistics from 100 tokens on
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tied llama GGUF (F16) with a tokenizer, made by llama.cpp's convert_hf_to_gguf.py."""
+    from carvq_gguf.convert.hf_source import hf_to_gguf
+
+    root = tmp_path_factory.mktemp("tiny")
+    return hf_to_gguf(make_tiny_hf(root / "hf", tied=True), root / "tiny.gguf", "f16")
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Evaluation and calibration texts on one line each: the tiny sentencepiece vocabulary has no
+    newline token, which llama.cpp's tokenizer needs for text with line breaks."""
+    root = tmp_path_factory.mktemp("texts")
+    text, calib = root / "eval.txt", root / "calib.txt"
+    text.write_text(" ".join(SENTENCES * 3))
+    calib.write_text(" ".join(reversed(SENTENCES * 3)))
+    return text, calib
+
+
+def _options(texts: tuple[Path, Path], **kw) -> ParetoOptions:
+    return ParetoOptions(text=texts[0], calib_text=texts[1], ctx=CTX, chunks=CHUNKS, imatrix_chunks=4,
+                         progress=False, **kw)
+
+
+def test_pareto_two_variants(tiny_source: Path, texts: tuple[Path, Path], tmp_path: Path) -> None:
+    cache = EvalCache(tmp_path / "cache")
+    options = _options(texts, stock_types=("Q4_0",), presets=("rvq-1.6",))
+    data = run_pareto(tiny_source, options, cache)
+    rows = {r["name"]: r for r in data["rows"]}
+    assert set(rows) == {"Q4_0", "rvq-1.6"}
+    q4, rvq = rows["Q4_0"], rows["rvq-1.6"]
+    assert q4["embedding_type"] == "Q4_0" and rvq["embedding_type"] == "CARVQ"
+    assert q4["embedding_bpw"] == pytest.approx(4.5)  # Q4_0: 18 bytes per 32 weights
+    # RVQ L=3 on 256 x 64: 3 x 8 x 4-bit indices per row plus 3 x 8 F16 codebooks of 16 x 8
+    assert rvq["embedding_bytes"] == 256 * 3 * 8 // 2 + 3 * 8 * 16 * 8 * 2
+    assert rvq["embedding_bpw"] == pytest.approx(8 * rvq["embedding_bytes"] / (256 * 64))
+    assert q4["head_type"] == rvq["head_type"] == "F16"  # the tied head is kept as in the source
+    for r in (q4, rvq):
+        assert r["n_chunks"] == CHUNKS and r["scored_tokens"] == CHUNKS * (CTX - 1 - CTX // 2)
+        assert r["base_ppl"] == pytest.approx(data["source"]["ppl"], rel=1e-4)
+        assert r["kld"] > 0 and r["ppl"] > 1
+    # RVQ at 1.5 bpw on a random model moves the output more than 4.5-bit round-to-nearest
+    assert rvq["kld"] > q4["kld"]
+
+    paths = write_report(data, tmp_path / "report")
+    md = paths["md"].read_text()
+    assert "| Q4_0 | llama.cpp | Q4_0 | 4.500 |" in md and "| rvq-1.6 | RVQ only | CARVQ tensors |" in md
+    assert f"{CHUNKS} windows of {CTX} tokens" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(paths["json"].read_text())["rows"][0]["name"] == "Q4_0"
+
+    # a rerun takes everything from the cache: no new entries, same numbers
+    before = sorted(p.name for p in (tmp_path / "cache").rglob("*"))
+    again = run_pareto(tiny_source, options, cache)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*")) == before
+    assert [r["kld"] for r in again["rows"]] == [r["kld"] for r in data["rows"]]
+
+
+def test_stock_types_change_only_token_embd(tiny_source: Path, tmp_path: Path) -> None:
+    untied = tmp_path / "untied.gguf"
+    variants.untie_head(tiny_source, untied)
+    before = read_summary(untied)
+    out = tmp_path / "q2_0.gguf"
+    outcome = variants.quantize_token_embd(untied, out, "Q2_0")
+    after = read_summary(out)
+    assert outcome.actual == "Q2_0" and after.tensors["token_embd.weight"].type_name == "Q2_0"
+    for name, t in before.tensors.items():
+        if name != "token_embd.weight":
+            assert after.tensors[name].sha256 == t.sha256, name
+    assert after.tensors["output.weight"].type_name == "F16"
+
+    # n = 64 is not a multiple of Q4_K's 256-wide block (nor of Q1_0's 128): llama.cpp's quantizer
+    # does not fall back for --token-embedding-type, it refuses; the row says so and nothing is written
+    for name in ("Q4_K", "Q1_0"):
+        refused = variants.quantize_token_embd(untied, tmp_path / f"{name}.gguf", name)
+        assert refused.actual is None, name
+        assert "not supported by llama.cpp here: tensor row size not divisible by block size" in refused.note
+        assert not (tmp_path / f"{name}.gguf").exists()
+
+
+def test_imatrix_is_built_on_calibration_text_and_reported(tiny_source: Path, texts: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    untied = tmp_path / "untied.gguf"
+    variants.untie_head(tiny_source, untied)
+    imatrix = tmp_path / "imatrix.gguf"
+    log = variants.build_imatrix(untied, texts[1], imatrix, ctx=CTX, chunks=4)
+    assert imatrix.stat().st_size > 0 and "calib.txt" in log
+    outcome = variants.quantize_token_embd(untied, tmp_path / "iq4.gguf", "IQ4_NL", imatrix)
+    assert outcome.actual == "IQ4_NL"
+    # llama-imatrix records inputs of matrix products; token_embd is a row lookup, so it has no entry
+    assert "imatrix given, but it has no entry for token_embd" in outcome.note
