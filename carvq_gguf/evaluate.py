@@ -7,6 +7,7 @@ bpw = embedding bytes * 8 / (V * n).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,8 +101,9 @@ def base_logits(base: Path, settings: EvalSettings, cache: EvalCache) -> tuple[P
     if run is None or not logits.is_file():
         def build(tmp: Path) -> None:
             nonlocal run
+            start = time.monotonic()
             result, _ = llama_eval.run_base(base, settings.text, tmp, settings.ctx, settings.chunks, settings.threads)
-            run = {**asdict(result), "scored_tokens": result.scored_tokens}
+            run = {**asdict(result), "scored_tokens": result.scored_tokens, "seconds": time.monotonic() - start}
 
         logits.unlink(missing_ok=True)
         logits = cache.file("logits", key, ".logits", build)
@@ -132,6 +134,7 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
         key = hash_key("ppl", EVAL_VERSION, model_hash, settings.key(), _tools_key())
 
         def measure_ppl() -> dict:
+            start = time.monotonic()
             scratch = cache.path("scratch", key, ".logits")
             scratch.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -139,18 +142,20 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
                                                 settings.threads)
             finally:
                 scratch.unlink(missing_ok=True)
-            return {**asdict(result), "scored_tokens": result.scored_tokens}
+            return {**asdict(result), "scored_tokens": result.scored_tokens, "seconds": time.monotonic() - start}
 
         run = cache.json("ppl-runs", key, measure_ppl)
         row.update(ppl=run["ppl"], ppl_err=run["ppl_err"], n_chunks=run["n_chunks"],
-                   scored_tokens=run["scored_tokens"], chunk_ppl=run["chunk_ppl"])
+                   scored_tokens=run["scored_tokens"], chunk_ppl=run["chunk_ppl"], eval_seconds=run.get("seconds"))
         return row
     logits, base_run, base_key = base_logits(base, settings, cache)
     key = hash_key("kld", EVAL_VERSION, model_hash, base_key)
 
     def measure_kld() -> dict:
+        start = time.monotonic()
         result, _ = llama_eval.run_kld(model, logits, settings.ctx, settings.threads)
-        return {**result.to_dict(), "scored_tokens": result.scored_tokens, "dppl_percent": result.dppl_percent}
+        return {**result.to_dict(), "scored_tokens": result.scored_tokens, "dppl_percent": result.dppl_percent,
+                "seconds": time.monotonic() - start}
 
     run = cache.json("kld-runs", key, measure_kld)
     if run["n_chunks"] != base_run["n_chunks"]:
@@ -158,5 +163,6 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
     row.update({k: run[k] for k in ("ppl", "ppl_err", "base_ppl", "ppl_ratio", "ppl_ratio_err", "dppl_percent",
                                     "kld", "kld_err", "kld_median", "kld_p99", "kld_max", "same_top_p",
                                     "n_chunks", "scored_tokens", "chunk_ppl", "chunk_kld")})
+    row["eval_seconds"] = run.get("seconds")
     row["base"] = str(base)
     return row

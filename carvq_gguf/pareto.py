@@ -49,8 +49,8 @@ class ParetoOptions:
     text: Path = field(default_factory=lambda: bundled_text("eval.txt"))
     calib_text: Path = field(default_factory=lambda: bundled_text("calib.txt"))
     ctx: int = 512
-    chunks: int | None = 32
-    imatrix_chunks: int | None = 32
+    chunks: int | None = 16
+    imatrix_chunks: int | None = 16
     threads: int = 2
     stock_types: tuple[str, ...] = STOCK_TYPES
     presets: tuple[str, ...] | None = None   # None: every preset in carvq_gguf.presets
@@ -89,6 +89,7 @@ class VariantBuilder:
         self.source_hash = content_hash(self.source)
         self._untied: Path | None = None
         self._imatrix: Path | None = None
+        self.prepare_seconds = 0.0  # recorded build time of the untied source and the imatrix
 
     def _tools_key(self) -> str:
         from . import runtime
@@ -103,8 +104,7 @@ class VariantBuilder:
                 self._untied = self.source
             else:
                 key = hash_key("untied", VARIANTS_VERSION, self.source_hash)
-                self._untied = self.cache.file("models", key, ".gguf",
-                                               lambda tmp: variants.untie_head(self.source, tmp))
+                self._untied = self._timed(key, "models", ".gguf", lambda tmp: variants.untie_head(self.source, tmp))
         return self._untied
 
     def imatrix(self) -> Path:
@@ -113,11 +113,24 @@ class VariantBuilder:
             key = hash_key("imatrix", VARIANTS_VERSION, content_hash(self.untied()),
                            content_hash(self.options.calib_text), self.options.ctx, self.options.imatrix_chunks,
                            self._tools_key())
-            self._imatrix = self.cache.file(
-                "imatrix", key, ".gguf",
+            self._imatrix = self._timed(
+                key, "imatrix", ".gguf",
                 lambda tmp: variants.build_imatrix(self.untied(), self.options.calib_text, tmp, self.options.ctx,
                                                    self.options.imatrix_chunks, self.options.threads))
         return self._imatrix
+
+    def _timed(self, key: str, kind: str, suffix: str, build) -> Path:
+        """A cached file whose build time is recorded (builds/<key>.json) and counted in
+        self.prepare_seconds."""
+        path = self.cache.file(kind, key, suffix, lambda tmp: self._record_time(key, build, tmp))
+        record = self.cache.load_json("builds", key)
+        self.prepare_seconds += record["seconds"] if record else 0.0
+        return path
+
+    def _record_time(self, key: str, build, tmp: Path) -> None:
+        start = time.monotonic()
+        build(tmp)
+        self.cache.save_json("builds", key, {"seconds": time.monotonic() - start})
 
     def build(self, spec: VariantSpec) -> tuple[Path | None, dict]:
         """(model file or None if the variant cannot be made, build record)."""
@@ -215,12 +228,13 @@ def run_pareto(source: Path, options: ParetoOptions | None = None, cache: EvalCa
                    "embedding_type": src.embedding_type, "vocab_size": src.vocab_size,
                    "embedding_dim": src.embedding_dim, "embedding_bytes": src.embedding_bytes,
                    "embedding_bpw": src.bpw, "file_bytes": src.file_bytes, "tied": variants.is_tied(source_summary),
-                   "ppl": base_run["ppl"], "ppl_err": base_run["ppl_err"]},
+                   "ppl": base_run["ppl"], "ppl_err": base_run["ppl_err"], "base_seconds": base_run.get("seconds")},
         "settings": {"text": str(options.text), "text_name": Path(options.text).name,
                      "calib_text_name": Path(options.calib_text).name, "ctx": options.ctx,
                      "n_chunks": base_run["n_chunks"], "scored_tokens": base_run["scored_tokens"],
                      "threads": options.threads, "imatrix_chunks": options.imatrix_chunks,
                      "seed": options.seed, "codec_code_version": codec_code_version()},
         "rows": rows,
+        "untie_imatrix_seconds": builder.prepare_seconds,
         "wall_seconds": time.monotonic() - start,
     }

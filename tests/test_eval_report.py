@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from carvq_gguf.report import comparisons, markdown, stock_points, write_report
+from carvq_gguf.report import comparisons, from_scratch_seconds, markdown, stock_points, write_report
 
 
 def _row(name: str, method: str, actual: str, bpw: float, dppl: float, kld: float) -> dict:
@@ -56,7 +56,15 @@ def test_markdown_and_files(tmp_path: Path) -> None:
     assert "explicitly as `output.weight` in the source's Q8_0" in md
     assert "| Q1_0 | llama.cpp | not made |" in md and "no tensor type fallback" in md
     assert "| Q4_K | llama.cpp | Q5_0 | 5.500 |" in md
-    assert "Wall time of the run that wrote this report: 10.0 min" in md
+    assert "the run that wrote this report took 10.0 min" in md
+    assert "Types marked not made" in md and "n = 64" in md
     paths = write_report(data, tmp_path / "r")
     assert paths["png"].stat().st_size > 10_000
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["pareto.json", "pareto.md", "pareto.png"]
+
+
+def test_from_scratch_seconds_counts_each_file_once() -> None:
+    rows = [dict(r, model_sha256=r["actual_type"], eval_seconds=10.0) for r in ROWS if r.get("ppl") is not None]
+    data = {"source": {"base_seconds": 5.0}, "rows": rows, "untie_imatrix_seconds": 2.0}
+    # 7 builds of 1 s; Q4_K and Q5_0 are the same Q5_0 file and the three CARVQ rows share a fake hash here
+    assert from_scratch_seconds(data) == 5.0 + 7 * 1.0 + 4 * 10.0 + 2.0
