@@ -9,11 +9,11 @@ import torch
 from .state import CarvqError
 
 
-def load_causal_lm(source: str | Path, need_tokenizer: bool = True):
+def load_causal_lm(source: str | Path, need_tokenizer: bool = False):
     """Load (model, tokenizer) from an HF model directory or a GGUF file, in float32, eval mode.
 
     A GGUF file is read through transformers' gguf_file= support (dequantized to float32).
-    The tokenizer is None when the source has none and need_tokenizer is False.
+    The tokenizer is None when the source has none (CarvqError instead if need_tokenizer).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -26,7 +26,7 @@ def _smollm2() -> Path:
 
 @pytest.mark.slow
 def test_smollm2_carvq_1_6_beats_int2():
-    model, tokenizer = load_causal_lm(_smollm2())
+    model, tokenizer = load_causal_lm(_smollm2(), need_tokenizer=True)
     E = input_embedding_matrix(model)
     weights = text_token_weights(bundled_text("calib.txt").read_text(), lambda t: tokenize_text(tokenizer, t),
                                  E.shape[0])
