@@ -17,7 +17,7 @@ from .gguf_tensors import GgufSummary, read_summary
 from .state import CarvqError
 
 CARVQ_PREFIX = "carvq_"
-EVAL_VERSION = 1  # bump when the way results are measured or parsed changes
+EVAL_VERSION = 2  # bump when the way results are measured or parsed changes
 
 
 @dataclass
@@ -65,12 +65,12 @@ class EvalSettings:
 
     text: Path
     ctx: int = llama_eval.DEFAULT_CTX
-    chunks: int | None = None        # None: every full window of the text
+    windows: int | None = None       # windows scored; None: every full window of the text but one
     threads: int = llama_eval.DEFAULT_THREADS
 
     def key(self) -> dict:
         """The parts of the settings that change results (threads do not)."""
-        return {"text": content_hash(self.text), "ctx": self.ctx, "chunks": self.chunks}
+        return {"text": content_hash(self.text), "ctx": self.ctx, "windows": self.windows}
 
 
 def check_text(path: Path) -> None:
@@ -94,7 +94,7 @@ def _tools_key() -> str:
 
 def base_logits(base: Path, settings: EvalSettings, cache: EvalCache) -> tuple[Path, dict, str]:
     """The base model's saved log-probabilities on the settings' windows, its base run
-    (perplexity, chunks, ctx, scored tokens), both cached, and their cache key."""
+    (perplexity, windows, ctx, scored tokens), both cached, and their cache key."""
     key = hash_key("base", EVAL_VERSION, content_hash(base), settings.key(), _tools_key())
     logits = cache.path("logits", key, ".logits")
     run = cache.load_json("base-runs", key)
@@ -102,7 +102,7 @@ def base_logits(base: Path, settings: EvalSettings, cache: EvalCache) -> tuple[P
         def build(tmp: Path) -> None:
             nonlocal run
             start = time.monotonic()
-            result, _ = llama_eval.run_base(base, settings.text, tmp, settings.ctx, settings.chunks, settings.threads)
+            result, _ = llama_eval.run_base(base, settings.text, tmp, settings.ctx, settings.windows, settings.threads)
             run = {**asdict(result), "scored_tokens": result.scored_tokens, "seconds": time.monotonic() - start}
 
         logits.unlink(missing_ok=True)
@@ -138,14 +138,14 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
             scratch = cache.path("scratch", key, ".logits")
             scratch.parent.mkdir(parents=True, exist_ok=True)
             try:
-                result, _ = llama_eval.run_base(model, settings.text, scratch, settings.ctx, settings.chunks,
+                result, _ = llama_eval.run_base(model, settings.text, scratch, settings.ctx, settings.windows,
                                                 settings.threads)
             finally:
                 scratch.unlink(missing_ok=True)
             return {**asdict(result), "scored_tokens": result.scored_tokens, "seconds": time.monotonic() - start}
 
         run = cache.json("ppl-runs", key, measure_ppl)
-        row.update(ppl=run["ppl"], ppl_err=run["ppl_err"], n_chunks=run["n_chunks"],
+        row.update(ppl=run["ppl"], windows=run["windows"],
                    scored_tokens=run["scored_tokens"], chunk_ppl=run["chunk_ppl"], eval_seconds=run.get("seconds"))
         return row
     logits, base_run, base_key = base_logits(base, settings, cache)
@@ -153,16 +153,13 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
 
     def measure_kld() -> dict:
         start = time.monotonic()
-        result, _ = llama_eval.run_kld(model, logits, settings.ctx, settings.threads)
-        return {**result.to_dict(), "scored_tokens": result.scored_tokens, "dppl_percent": result.dppl_percent,
-                "seconds": time.monotonic() - start}
+        result, _ = llama_eval.run_kld(model, logits, base_run["windows"], settings.ctx, settings.threads)
+        return {**result.to_dict(), "seconds": time.monotonic() - start}
 
     run = cache.json("kld-runs", key, measure_kld)
-    if run["n_chunks"] != base_run["n_chunks"]:
-        raise CarvqError(f"the KLD run used {run['n_chunks']} windows but the base run {base_run['n_chunks']}")
-    row.update({k: run[k] for k in ("ppl", "ppl_err", "base_ppl", "ppl_ratio", "ppl_ratio_err", "dppl_percent",
-                                    "kld", "kld_err", "kld_median", "kld_p99", "kld_max", "same_top_p",
-                                    "n_chunks", "scored_tokens", "chunk_ppl", "chunk_kld")})
+    row.update({k: run[k] for k in ("ppl", "ppl_err", "base_ppl", "ppl_ratio", "ln_ratio", "ln_ratio_err",
+                                    "dppl_percent", "kld", "kld_err", "same_top_p", "same_top_p_err", "windows",
+                                    "scored_tokens", "chunk_ppl", "chunk_kld")})
     row["eval_seconds"] = run.get("seconds")
     row["base"] = str(base)
     return row

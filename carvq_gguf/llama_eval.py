@@ -2,19 +2,23 @@
 patched tree by `carvq-gguf build-runtime`), and parsers for its output.
 
 Two kinds of run, as llama.cpp does it:
-  base run  llama-perplexity -m BASE -f TEXT -c CTX --chunks N --kl-divergence-base LOGITS
+  base run  llama-perplexity -m BASE -f TEXT -c CTX -b CTX --chunks N+1 --kl-divergence-base LOGITS
             scores BASE and saves its log-probabilities and the evaluation tokens to LOGITS;
-  KLD run   llama-perplexity -m MODEL --kl-divergence-base LOGITS --kl-divergence
+  KLD run   llama-perplexity -m MODEL -c CTX -b CTX --kl-divergence-base LOGITS --kl-divergence
             re-reads the tokens from LOGITS, so every model is scored on the same windows, and
-            prints MODEL's perplexity next to the base's, and the KL divergence per token.
+            prints MODEL's perplexity, ln(PPL(MODEL)/PPL(BASE)) and the KL divergence per token.
 Each window of CTX tokens is scored on its second half (CTX - 1 - CTX/2 tokens), as llama.cpp does.
+
+Results are read from the running line llama-perplexity prints after each window, at window N,
+and one window more (N+1) is scored. The reason: the tool's logger writes from a background
+thread that is not joined at exit (llama.cpp leaks the logger on purpose, see common/log.cpp), so
+on a busy machine the lines printed just before exit (the final statistics) are often lost
+although the run completed. The line for window N is printed while window N+1 is still being
+computed (-b CTX: one window per pass), so it reaches the pipe. Should it still be missing, the
+parsers raise TruncatedOutput and the runners repeat the run (MAX_ATTEMPTS).
 
 llama-perplexity can log an error and still exit 0 (e.g. a vocabulary mismatch in a KLD run), so
 the parsers require every number they return and raise CarvqError naming what is missing.
-Its logger writes from a background thread that is not joined at exit (llama.cpp leaks the
-logger on purpose, see common/log.cpp), so now and then the last lines, with the final numbers,
-never reach the pipe although the run completed. The parsers raise TruncatedOutput for a run
-that started scoring and then fell silent, and the runners repeat such a run (MAX_ATTEMPTS).
 """
 
 from __future__ import annotations
@@ -31,87 +35,82 @@ from .state import CarvqError
 DEFAULT_CTX = 512
 DEFAULT_THREADS = 2
 MAX_ATTEMPTS = 4
-MIN_STAT_TOKENS = 100  # llama-perplexity prints no KLD statistics below this many scored tokens
 
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf|-nan|-inf))"
 _PM = r"\s*(?:±|\+/-)\s*"
-_FINAL_PPL = re.compile(r"Final estimate: PPL = " + _NUM + _PM + _NUM)
 _CHUNKS_PPL = re.compile(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)")
 _CHUNKS_KLD = re.compile(r"computing over (\d+) chunks, n_ctx=(\d+)")
-_CHUNK_PPL = re.compile(r"\[(\d+)\]" + _NUM)
+_CHUNK_PPL = re.compile(r"\[(\d+)\]" + _NUM + ",")
 _TOO_FEW = re.compile(r"tokenizes to only (\d+) tokens")
-_KLD_FIELDS = {
-    "ppl": re.compile(r"Mean PPL\(Q\)\s*:\s*" + _NUM + _PM + _NUM),
-    "base_ppl": re.compile(r"Mean PPL\(base\)\s*:\s*" + _NUM + _PM + _NUM),
-    "ppl_ratio": re.compile(r"Mean PPL\(Q\)/PPL\(base\)\s*:\s*" + _NUM + _PM + _NUM),
-    "kld": re.compile(r"Mean\s+KLD:\s*" + _NUM + _PM + _NUM),
-    "same_top_p": re.compile(r"Same top p:\s*" + _NUM + _PM + _NUM + r"\s*%"),
-}
-_KLD_SINGLE = {
-    "kld_max": re.compile(r"Maximum KLD:\s*" + _NUM),
-    "kld_p99": re.compile(r"99\.0%\s+KLD:\s*" + _NUM),
-    "kld_median": re.compile(r"Median\s+KLD:\s*" + _NUM),
-}
-# one row of the per-chunk table of a KLD run: chunk, PPL ± u, ln ratio ± u, KLD ± u, dp RMS ± u %, top p ± u %
+# one row of the per-window table of a KLD run (running values over the windows so far):
+# window, PPL(Q) ± u, ln(PPL(Q)/PPL(base)) ± u, KLD ± u, dp RMS ± u %, same top p ± u %
 _KLD_ROW = re.compile(r"^\s*(\d+)\s+" + _NUM + _PM + _NUM + r"\s+" + _NUM + _PM + _NUM + r"\s+"
                       + _NUM + _PM + _NUM + r"\s+" + _NUM + _PM + _NUM + r"\s*%\s+" + _NUM + _PM + _NUM + r"\s*%\s*$",
                       re.MULTILINE)
+_KLD_ERRORS = ("inconsistent vocabulary", "does not look like a file containing log-probabilities",
+               "failed reading", "failed to open", "has been computed with")
 
 
 class TruncatedOutput(CarvqError):
-    """The run started scoring but its output stops before the final numbers."""
+    """The run started scoring but its output stops before the window the result is read at."""
 
 
 @dataclass
 class PerplexityRun:
-    """Result of a base run."""
+    """A base run: the perplexity after `windows` windows."""
 
     ppl: float
-    ppl_err: float
-    n_chunks: int
+    windows: int               # windows the result covers
     n_ctx: int
-    chunk_ppl: list[float] = field(default_factory=list)  # running estimate after each chunk
+    saved_windows: int         # windows scored and saved to the logits file (windows + 1)
+    chunk_ppl: list[float] = field(default_factory=list)  # running perplexity after each window
 
     @property
     def scored_tokens(self) -> int:
         """Tokens scored: the second half of every window."""
-        return scored_tokens(self.n_chunks, self.n_ctx)
+        return scored_tokens(self.windows, self.n_ctx)
 
 
 @dataclass
 class KldRun:
-    """Result of a KLD run: the model's perplexity on the base run's windows and the KL divergence."""
+    """A KLD run: the model against the base, after `windows` windows."""
 
     ppl: float
     ppl_err: float
-    base_ppl: float
-    base_ppl_err: float
-    ppl_ratio: float
-    ppl_ratio_err: float
-    kld: float
+    ln_ratio: float            # mean ln(PPL(model) / PPL(base))
+    ln_ratio_err: float
+    kld: float                 # mean KL(base || model) per token
     kld_err: float
-    kld_max: float
-    kld_p99: float
-    kld_median: float
-    same_top_p: float      # percent of scored tokens whose top-1 token is the base's
+    same_top_p: float          # percent of tokens whose most likely next token is the base's
     same_top_p_err: float
-    n_chunks: int
+    windows: int
     n_ctx: int
-    chunk_ppl: list[float] = field(default_factory=list)  # running estimates after each chunk
+    chunk_ppl: list[float] = field(default_factory=list)  # running values after each window
     chunk_kld: list[float] = field(default_factory=list)
 
     @property
     def scored_tokens(self) -> int:
-        return scored_tokens(self.n_chunks, self.n_ctx)
+        return scored_tokens(self.windows, self.n_ctx)
+
+    @property
+    def ppl_ratio(self) -> float:
+        """PPL(model) / PPL(base)."""
+        return math.exp(self.ln_ratio)
+
+    @property
+    def base_ppl(self) -> float:
+        """The base's perplexity on the same tokens (from the saved log-probabilities)."""
+        return self.ppl / self.ppl_ratio
 
     @property
     def dppl_percent(self) -> float:
         """Perplexity change against the base, in percent."""
-        return 100.0 * (self.ppl / self.base_ppl - 1.0)
+        return 100.0 * (self.ppl_ratio - 1.0)
 
     def to_dict(self) -> dict:
-        """Plain dict for JSON."""
-        return asdict(self)
+        """Plain dict for JSON, derived values included."""
+        return {**asdict(self), "ppl_ratio": self.ppl_ratio, "base_ppl": self.base_ppl,
+                "dppl_percent": self.dppl_percent, "scored_tokens": self.scored_tokens}
 
 
 def scored_tokens(n_chunks: int, n_ctx: int) -> int:
@@ -133,68 +132,75 @@ def _finite(name: str, value: float, output: str) -> float:
     return value
 
 
-def parse_perplexity_output(output: str) -> PerplexityRun:
-    """The numbers of a base run's output (stdout and stderr together).
+def _result_window(windows: int | None, saved: int) -> int:
+    """The window results are read at: the one asked for, or (None) the last but one saved."""
+    n = saved - 1 if windows is None else windows
+    if n < 1:
+        raise CarvqError(f"llama-perplexity scored {saved} window(s); at least 2 are needed (results are read "
+                         "one window before the end); use a longer text or a smaller ctx")
+    if n >= saved:
+        raise CarvqError(f"results were asked after window {n} but only {saved} windows were scored")
+    return n
 
-    CarvqError if the output has no final estimate (too little text, a load error, or a format
-    this parser does not know)."""
+
+def parse_perplexity_output(output: str, windows: int | None = None) -> PerplexityRun:
+    """The perplexity after `windows` windows (None: after the last but one) of a base run's output
+    (stdout and stderr together).
+
+    TruncatedOutput if the output stops before that window; CarvqError if the text was too short
+    or the output is not recognized."""
     too_few = _TOO_FEW.search(output)
     if too_few:
         raise CarvqError(f"the evaluation text tokenizes to only {too_few.group(1)} tokens: llama-perplexity "
                          "needs at least 2 windows (2 x ctx tokens); use a longer text or a smaller ctx")
-    final = _FINAL_PPL.search(output)
     chunks = _CHUNKS_PPL.search(output)
-    if final is None and chunks is not None and "failed" not in output:
-        raise TruncatedOutput(f"llama-perplexity output stops before 'Final estimate'; output ends:\n{_tail(output)}")
-    if final is None or chunks is None:
-        missing = "'Final estimate: PPL = ...'" if final is None else "'calculating perplexity over N chunks'"
-        raise CarvqError(f"llama-perplexity output not recognized (no {missing} line); output ends:\n{_tail(output)}")
-    ppl = _finite("perplexity", _float(final.group(1)), output)
-    per_chunk = [_float(m.group(2)) for m in _CHUNK_PPL.finditer(output)]
-    return PerplexityRun(ppl=ppl, ppl_err=_float(final.group(2)), n_chunks=int(chunks.group(1)),
-                         n_ctx=int(chunks.group(2)), chunk_ppl=per_chunk)
+    if chunks is None:
+        raise CarvqError("llama-perplexity output not recognized (no 'calculating perplexity over N chunks' "
+                         f"line); output ends:\n{_tail(output)}")
+    saved, n_ctx = int(chunks.group(1)), int(chunks.group(2))
+    n = _result_window(windows, saved)
+    per_window = [_float(m.group(2)) for m in _CHUNK_PPL.finditer(output)]
+    if len(per_window) < n:
+        if "failed" in output:
+            raise CarvqError(f"llama-perplexity failed during the run; output ends:\n{_tail(output)}")
+        raise TruncatedOutput(f"llama-perplexity output stops after window {len(per_window)} of {n}; "
+                              f"output ends:\n{_tail(output)}")
+    ppl = _finite("perplexity", per_window[n - 1], output)
+    return PerplexityRun(ppl=ppl, windows=n, n_ctx=n_ctx, saved_windows=saved, chunk_ppl=per_window[:n])
 
 
-def parse_kld_output(output: str) -> KldRun:
-    """The numbers of a KLD run's output (stdout and stderr together).
+def parse_kld_output(output: str, windows: int | None = None) -> KldRun:
+    """The running values after `windows` windows (None: after the last but one) of a KLD run's
+    output (stdout and stderr together).
 
-    CarvqError naming the first statistic that is missing (llama-perplexity stops early, without
-    the statistics, when the base logits do not fit the model)."""
-    for problem in ("inconsistent vocabulary", "does not look like a file containing log-probabilities",
-                    "failed reading", "failed to open"):
+    CarvqError naming the problem when llama-perplexity could not compare with the base logits
+    (it then stops early); TruncatedOutput if the output stops before that window."""
+    for problem in _KLD_ERRORS:
         if problem in output:
             line = next(l for l in output.splitlines() if problem in l)
             raise CarvqError(f"llama-perplexity could not compare with the base logits: {line.strip()}")
-    rows = _KLD_ROW.findall(output)
     chunks = _CHUNKS_KLD.search(output)
-    if chunks is not None and "Minimum KLD" not in output:
-        n = scored_tokens(int(chunks.group(1)), int(chunks.group(2)))
-        if n < MIN_STAT_TOKENS:
-            raise CarvqError(f"llama-perplexity scored only {n} tokens and prints no statistics below "
-                             f"{MIN_STAT_TOKENS}; use more chunks or a larger ctx")
-        if "failed" not in output:
-            raise TruncatedOutput(f"llama-perplexity KL-divergence output stops before the statistics; "
-                                  f"output ends:\n{_tail(output)}")
-    values: dict[str, float] = {}
-    for name, pattern in _KLD_FIELDS.items():
-        m = pattern.search(output)
-        if m is None:
-            raise CarvqError(f"llama-perplexity KL-divergence output not recognized (no {name} statistic); "
-                             f"output ends:\n{_tail(output)}")
-        values[name], values[name + "_err"] = _float(m.group(1)), _float(m.group(2))
-    for name, pattern in _KLD_SINGLE.items():
-        m = pattern.search(output)
-        if m is None:
-            raise CarvqError(f"llama-perplexity KL-divergence output not recognized (no {name} statistic); "
-                             f"output ends:\n{_tail(output)}")
-        values[name] = _float(m.group(1))
     if chunks is None:
-        raise CarvqError(f"llama-perplexity KL-divergence output not recognized (no chunk count); "
-                         f"output ends:\n{_tail(output)}")
-    _finite("perplexity", values["ppl"], output)
-    _finite("KL divergence", values["kld"], output)
-    return KldRun(**values, n_chunks=int(chunks.group(1)), n_ctx=int(chunks.group(2)),
-                  chunk_ppl=[_float(r[1]) for r in rows], chunk_kld=[_float(r[5]) for r in rows])
+        raise CarvqError("llama-perplexity KL-divergence output not recognized (no 'computing over N chunks' "
+                         f"line); output ends:\n{_tail(output)}")
+    saved, n_ctx = int(chunks.group(1)), int(chunks.group(2))
+    n = _result_window(windows, saved)
+    rows = [[_float(v) for v in row] for row in _KLD_ROW.findall(output)]
+    if len(rows) < n:
+        if "failed" in output:
+            raise CarvqError(f"llama-perplexity failed during the run; output ends:\n{_tail(output)}")
+        raise TruncatedOutput(f"llama-perplexity KL-divergence output stops after window {len(rows)} of {n}; "
+                              f"output ends:\n{_tail(output)}")
+    if [int(r[0]) for r in rows[:n]] != list(range(1, n + 1)):
+        raise CarvqError(f"llama-perplexity KL-divergence table not recognized (window numbers "
+                         f"{[int(r[0]) for r in rows[:n]]}); output ends:\n{_tail(output)}")
+    row = rows[n - 1]
+    run = KldRun(ppl=row[1], ppl_err=row[2], ln_ratio=row[3], ln_ratio_err=row[4], kld=row[5], kld_err=row[6],
+                 same_top_p=row[9], same_top_p_err=row[10], windows=n, n_ctx=n_ctx,
+                 chunk_ppl=[r[1] for r in rows[:n]], chunk_kld=[r[5] for r in rows[:n]])
+    _finite("perplexity", run.ppl, output)
+    _finite("KL divergence", run.kld, output)
+    return run
 
 
 def perplexity_tool() -> Path:
@@ -235,23 +241,27 @@ def check_model_file(path: Path) -> None:
             raise CarvqError(f"model {path} is not a GGUF file (no GGUF magic)")
 
 
-def run_base(model: Path, text: Path, logits_out: Path, ctx: int = DEFAULT_CTX, chunks: int | None = None,
+def run_base(model: Path, text: Path, logits_out: Path, ctx: int = DEFAULT_CTX, windows: int | None = None,
              threads: int = DEFAULT_THREADS) -> tuple[PerplexityRun, str]:
-    """Score model on text and save its log-probabilities to logits_out; (result, full output)."""
+    """Score model on windows + 1 windows of text (None: every full window) and save its
+    log-probabilities to logits_out; (result after `windows` windows, full output)."""
     check_model_file(model)
-    cmd = [str(perplexity_tool()), "-m", str(model), "-f", str(text), "-c", str(ctx), "-t", str(threads),
-           "--kl-divergence-base", str(logits_out)]
-    if chunks is not None:
-        cmd += ["--chunks", str(chunks)]
-    return _run_parsed(cmd, f"llama-perplexity base run on {Path(model).name}", parse_perplexity_output)
+    cmd = [str(perplexity_tool()), "-m", str(model), "-f", str(text), "-c", str(ctx), "-b", str(ctx),
+           "-t", str(threads), "--kl-divergence-base", str(logits_out)]
+    if windows is not None:
+        cmd += ["--chunks", str(windows + 1)]
+    return _run_parsed(cmd, f"llama-perplexity base run on {Path(model).name}",
+                       lambda out: parse_perplexity_output(out, windows))
 
 
-def run_kld(model: Path, base_logits: Path, ctx: int = DEFAULT_CTX,
+def run_kld(model: Path, base_logits: Path, windows: int, ctx: int = DEFAULT_CTX,
             threads: int = DEFAULT_THREADS) -> tuple[KldRun, str]:
-    """Score model on the windows saved in base_logits and compare with them; (result, full output)."""
+    """Score model on the windows saved in base_logits and compare with them; (result after
+    `windows` windows, full output)."""
     check_model_file(model)
     if not Path(base_logits).is_file():
         raise CarvqError(f"base logits {base_logits} do not exist")
-    cmd = [str(perplexity_tool()), "-m", str(model), "-c", str(ctx), "-t", str(threads),
+    cmd = [str(perplexity_tool()), "-m", str(model), "-c", str(ctx), "-b", str(ctx), "-t", str(threads),
            "--kl-divergence-base", str(base_logits), "--kl-divergence"]
-    return _run_parsed(cmd, f"llama-perplexity KL divergence of {Path(model).name}", parse_kld_output)
+    return _run_parsed(cmd, f"llama-perplexity KL divergence of {Path(model).name}",
+                       lambda out: parse_kld_output(out, windows))

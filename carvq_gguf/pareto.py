@@ -49,7 +49,7 @@ class ParetoOptions:
     text: Path = field(default_factory=lambda: bundled_text("eval.txt"))
     calib_text: Path = field(default_factory=lambda: bundled_text("calib.txt"))
     ctx: int = 512
-    chunks: int | None = 16
+    windows: int | None = 16
     imatrix_chunks: int | None = 16
     threads: int = 2
     stock_types: tuple[str, ...] = STOCK_TYPES
@@ -202,7 +202,7 @@ def run_pareto(source: Path, options: ParetoOptions | None = None, cache: EvalCa
     start = time.monotonic()
     specs = variant_specs(options)
     builder = VariantBuilder(source, options, cache)
-    settings = EvalSettings(options.text, options.ctx, options.chunks, options.threads)
+    settings = EvalSettings(options.text, options.ctx, options.windows, options.threads)
 
     built = []
     for spec in tqdm(specs, desc="build variants", unit="variant", disable=not options.progress, file=sys.stderr):
@@ -228,10 +228,10 @@ def run_pareto(source: Path, options: ParetoOptions | None = None, cache: EvalCa
                    "embedding_type": src.embedding_type, "vocab_size": src.vocab_size,
                    "embedding_dim": src.embedding_dim, "embedding_bytes": src.embedding_bytes,
                    "embedding_bpw": src.bpw, "file_bytes": src.file_bytes, "tied": variants.is_tied(source_summary),
-                   "ppl": base_run["ppl"], "ppl_err": base_run["ppl_err"], "base_seconds": base_run.get("seconds")},
+                   "ppl": base_run["ppl"], "base_seconds": base_run.get("seconds")},
         "settings": {"text": str(options.text), "text_name": Path(options.text).name,
                      "calib_text_name": Path(options.calib_text).name, "ctx": options.ctx,
-                     "n_chunks": base_run["n_chunks"], "scored_tokens": base_run["scored_tokens"],
+                     "windows": base_run["windows"], "scored_tokens": base_run["scored_tokens"],
                      "threads": options.threads, "imatrix_chunks": options.imatrix_chunks,
                      "seed": options.seed, "codec_code_version": codec_code_version()},
         "rows": rows,

@@ -99,10 +99,10 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
            "The source has its own output.weight, kept as it is."),
         "",
         f"Measured with llama.cpp's `llama-perplexity` built from the patched tree: text `{st['text_name']}`, "
-        f"{st['n_chunks']} windows of {st['ctx']} tokens, the second half of each scored "
+        f"{st['windows']} windows of {st['ctx']} tokens, the second half of each scored "
         f"({st['scored_tokens']} tokens), {st['threads']} threads. The source's log-probabilities are saved "
         "once (`--kl-divergence-base`) and every variant is scored on the same tokens (`--kl-divergence`). "
-        f"Source perplexity {src['ppl']:.3f} ± {src['ppl_err']:.3f}. dPPL = PPL / PPL(source) - 1; KLD = mean "
+        f"Source perplexity {src['ppl']:.3f}. dPPL = PPL / PPL(source) - 1; KLD = mean "
         "KL(source || variant) per token; same top-1 = tokens whose most likely next token is the source's.",
         "",
         "llama.cpp types: `llama-quantize --allow-requantize --pure --token-embedding-type TYPE "

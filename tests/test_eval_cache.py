@@ -36,12 +36,12 @@ def test_content_hash_follows_file_content(tmp_path: Path) -> None:
 def test_eval_settings_key_changes_with_text_and_windows(tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text("some text\n")
-    key = EvalSettings(text, ctx=512, chunks=8).key()
-    assert key == EvalSettings(text, ctx=512, chunks=8, threads=7).key()  # threads do not change results
-    assert key != EvalSettings(text, ctx=256, chunks=8).key()
-    assert key != EvalSettings(text, ctx=512, chunks=9).key()
+    key = EvalSettings(text, ctx=512, windows=8).key()
+    assert key == EvalSettings(text, ctx=512, windows=8, threads=7).key()  # threads do not change results
+    assert key != EvalSettings(text, ctx=256, windows=8).key()
+    assert key != EvalSettings(text, ctx=512, windows=9).key()
     text.write_text("other text\n")
-    assert key != EvalSettings(text, ctx=512, chunks=8).key()
+    assert key != EvalSettings(text, ctx=512, windows=8).key()
 
 
 def test_codec_code_version_changes_with_a_codec_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

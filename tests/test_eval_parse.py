@@ -4,6 +4,7 @@ outputs cut short by the tool's logger, error cases, and a live run of the curre
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -20,63 +21,78 @@ def _read(name: str) -> str:
 
 
 def test_base_run_tiny() -> None:
-    run = parse_perplexity_output(_read("base_tiny.txt"))
-    assert run.ppl == pytest.approx(266.5634) and run.ppl_err == pytest.approx(3.81162)
-    assert (run.n_chunks, run.n_ctx) == (6, 64)
-    assert run.chunk_ppl[0] == pytest.approx(264.4784) and len(run.chunk_ppl) == 6
-    assert run.chunk_ppl[-1] == pytest.approx(run.ppl)
-    assert run.scored_tokens == 6 * 31
+    out = _read("base_tiny.txt")  # 6 windows saved
+    run = parse_perplexity_output(out, 5)
+    assert run.ppl == pytest.approx(264.2685)  # the running value printed after window 5
+    assert (run.windows, run.n_ctx, run.saved_windows) == (5, 64, 6)
+    assert run.chunk_ppl == pytest.approx([264.4784, 257.9288, 259.2073, 259.8836, 264.2685])
+    assert run.scored_tokens == 5 * 31
+    assert parse_perplexity_output(out).windows == 5  # default: one before the last saved window
+    assert parse_perplexity_output(out, 2).ppl == pytest.approx(257.9288)
 
 
 def test_base_run_smollm2() -> None:
     run = parse_perplexity_output(_read("base_smollm2_8x512.txt"))
-    assert run.ppl == pytest.approx(16.1908) and run.ppl_err == pytest.approx(1.01435)
-    assert (run.n_chunks, run.n_ctx, run.scored_tokens) == (8, 512, 8 * 255)
+    assert run.ppl == pytest.approx(16.6165) and run.chunk_ppl[0] == pytest.approx(14.5603)
+    assert (run.windows, run.n_ctx, run.scored_tokens) == (7, 512, 7 * 255)
 
 
 def test_kld_run_tiny() -> None:
-    run = parse_kld_output(_read("kld_tiny.txt"))
-    assert run.ppl == pytest.approx(265.985762) and run.base_ppl == pytest.approx(266.563433)
-    assert run.ppl_ratio == pytest.approx(0.997833) and run.ppl_ratio_err == pytest.approx(0.002238)
-    assert run.kld == pytest.approx(0.000665) and run.kld_err == pytest.approx(0.000046)
-    assert run.kld_max == pytest.approx(0.003972) and run.kld_p99 == pytest.approx(0.002967)
-    assert run.kld_median == pytest.approx(0.000427)
+    out = _read("kld_tiny.txt")
+    run = parse_kld_output(out, 5)
+    # row 5 of the table: 263.9001 ± 4.2084, -0.00140 ± 0.00233, 0.00068 ± 0.00005, ..., 100.000 ± 0.000 %
+    assert run.ppl == pytest.approx(263.9001) and run.ppl_err == pytest.approx(4.2084)
+    assert run.ln_ratio == pytest.approx(-0.00140) and run.ln_ratio_err == pytest.approx(0.00233)
+    assert run.kld == pytest.approx(0.00068) and run.kld_err == pytest.approx(0.00005)
     assert run.same_top_p == pytest.approx(100.0)
-    assert (run.n_chunks, run.n_ctx) == (6, 64)
-    assert run.dppl_percent == pytest.approx(100 * (265.985762 / 266.563433 - 1))
-    # per-window table: running PPL and KLD, the last row equal to the final means
-    assert len(run.chunk_ppl) == len(run.chunk_kld) == 6
-    assert run.chunk_ppl[-1] == pytest.approx(run.ppl, abs=1e-4)
-    assert run.chunk_kld[-1] == pytest.approx(run.kld, abs=1e-5)
-    # the base run with the same windows gave the same base perplexity
-    assert run.base_ppl == pytest.approx(parse_perplexity_output(_read("base_tiny.txt")).ppl, abs=1e-4)
+    assert (run.windows, run.n_ctx, run.scored_tokens) == (5, 64, 155)
+    assert run.dppl_percent == pytest.approx(100 * (math.exp(-0.00140) - 1))
+    assert run.base_ppl == pytest.approx(263.9001 / math.exp(-0.00140))
+    assert run.chunk_kld == pytest.approx([0.00050, 0.00064, 0.00069, 0.00067, 0.00068])
+    # the base perplexity it implies is the base run's after the same 5 windows
+    assert run.base_ppl == pytest.approx(parse_perplexity_output(_read("base_tiny.txt"), 5).ppl, rel=1e-3)
+    with pytest.raises(CarvqError, match="only 6 windows were scored"):
+        parse_kld_output(out, 6)
 
 
-def test_cut_outputs_are_recognized_as_cut() -> None:
-    with pytest.raises(TruncatedOutput, match="stops before 'Final estimate'"):
-        parse_perplexity_output(_read("base_tiny_cut.txt"))
-    with pytest.raises(TruncatedOutput, match="stops before the statistics"):
-        parse_kld_output(_read("kld_tiny_cut.txt"))
+def _cut_after(text: str, marker: str) -> str:
+    return text[: text.index(marker)]
+
+
+def test_real_cut_outputs_still_parse_one_window_early() -> None:
+    """Captured runs whose last lines the tool's logger dropped: the result window is still there."""
+    base = parse_perplexity_output(_read("base_tiny_cut.txt"), 5)
+    assert base.ppl == pytest.approx(264.2685)
+    kld = parse_kld_output(_read("kld_tiny_cut.txt"), 5)
+    assert kld.kld == pytest.approx(0.00068)
+
+
+def test_outputs_cut_before_the_result_window() -> None:
+    with pytest.raises(TruncatedOutput, match="stops after window 3 of 5"):
+        parse_perplexity_output(_cut_after(_read("base_tiny_cut.txt"), "[4]"), 5)
+    with pytest.raises(TruncatedOutput, match="stops after window 3 of 5"):
+        parse_kld_output(_cut_after(_read("kld_tiny_cut.txt"), "\n   4 "), 5)
 
 
 def test_runner_repeats_a_cut_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    outputs = [_read("kld_tiny_cut.txt"), _read("kld_tiny_cut.txt"), _read("kld_tiny.txt")]
+    cut = _cut_after(_read("kld_tiny_cut.txt"), "\n   4 ")
+    outputs = [cut, cut, _read("kld_tiny.txt")]
     monkeypatch.setattr(llama_eval, "_run", lambda cmd, desc: outputs.pop(0))
-    run, _ = llama_eval._run_parsed(["x"], "test", parse_kld_output)
-    assert run.kld == pytest.approx(0.000665) and outputs == []
+    run, _ = llama_eval._run_parsed(["x"], "test", lambda out: parse_kld_output(out, 5))
+    assert run.kld == pytest.approx(0.00068) and outputs == []
 
-    monkeypatch.setattr(llama_eval, "_run", lambda cmd, desc: _read("kld_tiny_cut.txt"))
+    monkeypatch.setattr(llama_eval, "_run", lambda cmd, desc: cut)
     with pytest.raises(TruncatedOutput):
-        llama_eval._run_parsed(["x"], "test", parse_kld_output)
+        llama_eval._run_parsed(["x"], "test", lambda out: parse_kld_output(out, 5))
 
 
 def test_unrecognized_output() -> None:
     with pytest.raises(CarvqError, match="output not recognized"):
         parse_perplexity_output("llama-perplexity 2.0\nresult: 12.3\n")
-    with pytest.raises(CarvqError, match="not recognized .no ppl statistic"):
+    with pytest.raises(CarvqError, match="KL-divergence output not recognized"):
         parse_kld_output("some other tool\n")
     with pytest.raises(CarvqError, match="non-finite perplexity"):
-        parse_perplexity_output(_read("base_tiny.txt").replace("PPL = 266.5634", "PPL = nan"))
+        parse_perplexity_output(_read("base_tiny.txt").replace("[5]264.2685", "[5]nan"), 5)
 
 
 def test_kld_errors_are_reported() -> None:
@@ -84,11 +100,6 @@ def test_kld_errors_are_reported() -> None:
     head = text.split("kl_divergence: computing")[0]
     with pytest.raises(CarvqError, match="inconsistent vocabulary"):
         parse_kld_output(head + "0.00.1 E kl_divergence: inconsistent vocabulary (256 vs 49152)\n" + text[len(head):])
-    # fewer than 100 scored tokens: llama-perplexity prints no statistics (not a cut output)
-    few = head + "0.00.1 I kl_divergence: computing over 3 chunks, n_ctx=64, batch_size=2048, n_seq=32\n"
-    with pytest.raises(CarvqError, match="scored only 93 tokens") as e:
-        parse_kld_output(few)
-    assert not isinstance(e.value, TruncatedOutput)
 
 
 def test_too_little_text() -> None:
@@ -96,6 +107,9 @@ def test_too_little_text() -> None:
            "0.00.5 E perplexity: the data file you provided tokenizes to only 377 tokens\n")
     with pytest.raises(CarvqError, match="tokenizes to only 377 tokens"):
         parse_perplexity_output(out)
+    one = _read("base_tiny.txt").replace("over 6 chunks", "over 1 chunks")
+    with pytest.raises(CarvqError, match="at least 2 are needed"):
+        parse_perplexity_output(one)
 
 
 def test_scored_tokens() -> None:
@@ -113,8 +127,9 @@ def test_live_run_of_the_built_tool(tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text(" ".join(SENTENCES * 3))
     logits = tmp_path / "base.logits"
-    base, _ = llama_eval.run_base(model, text, logits, ctx=64, chunks=4)
-    assert base.n_chunks == 4 and base.ppl > 1 and logits.stat().st_size > 0
-    same, _ = llama_eval.run_kld(model, logits, ctx=64)
+    base, _ = llama_eval.run_base(model, text, logits, ctx=64, windows=4)
+    assert (base.windows, base.saved_windows) == (4, 5) and base.ppl > 1 and logits.stat().st_size > 0
+    same, _ = llama_eval.run_kld(model, logits, windows=4, ctx=64)
+    assert same.windows == 4
     assert same.kld == pytest.approx(0, abs=1e-4) and same.ppl == pytest.approx(base.ppl, rel=1e-3)
     assert same.same_top_p == pytest.approx(100.0)

@@ -46,8 +46,8 @@ def test_comparisons() -> None:
 def test_markdown_and_files(tmp_path: Path) -> None:
     data = {"source": {"name": "m.gguf", "sha256": "ab" * 32, "vocab_size": 100, "embedding_dim": 64,
                        "embedding_type": "Q8_0", "embedding_bpw": 8.5, "embedding_bytes": 6800, "file_bytes": 10 ** 6,
-                       "tied": True, "ppl": 10.0, "ppl_err": 0.1},
-            "settings": {"text_name": "eval.txt", "calib_text_name": "calib.txt", "ctx": 512, "n_chunks": 32,
+                       "tied": True, "ppl": 10.0},
+            "settings": {"text_name": "eval.txt", "calib_text_name": "calib.txt", "ctx": 512, "windows": 32,
                          "scored_tokens": 8160, "threads": 2, "imatrix_chunks": 32, "seed": 0,
                          "codec_code_version": "abc"},
             "rows": ROWS, "wall_seconds": 600.0}

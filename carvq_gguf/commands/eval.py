@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", type=Path, default=None, metavar="ORIGINAL.gguf",
                    help="the unmodified model to compare with (KL divergence, dPPL)")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
-    p.add_argument("--chunks", type=int, default=16,
-                   help="number of windows (default 16, as `carvq-gguf pareto`; 0 = every full window of TEXT)")
+    p.add_argument("--windows", type=int, default=16,
+                   help="windows scored (default 16, as `carvq-gguf pareto`; 0 = every full window of TEXT but one)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache directory (default: <cache>/eval)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the result as JSON")
@@ -39,16 +39,15 @@ def format_result(row: dict) -> str:
         f"input embedding {row['embedding_type']}, {row['embedding_bytes']:,} bytes, "
         f"{row['embedding_bpw']:.3f} bpw (V={row['vocab_size']} x n={row['embedding_dim']})",
         f"output head     {row['head_type'] or 'tied to token_embd'}",
-        f"windows         {row['n_chunks']} x {row['ctx']} tokens, {row['scored_tokens']} tokens scored",
-        f"perplexity      {row['ppl']:.4f} +/- {row['ppl_err']:.4f}",
+        f"windows         {row['windows']} x {row['ctx']} tokens, {row['scored_tokens']} tokens scored",
+        "perplexity      " + (f"{row['ppl']:.4f} +/- {row['ppl_err']:.4f}" if "ppl_err" in row else f"{row['ppl']:.4f}"),
     ]
     if "kld" in row:
         lines += [
-            f"base            {row['base']}: perplexity {row['base_ppl']:.4f}",
-            f"dPPL            {row['dppl_percent']:+.3f} %",
-            f"KL divergence   {row['kld']:.6f} +/- {row['kld_err']:.6f} (median {row['kld_median']:.6f}, "
-            f"99% {row['kld_p99']:.6f}, max {row['kld_max']:.4f})",
-            f"same top-1      {row['same_top_p']:.2f} %",
+            f"base            {row['base']}: perplexity {row['base_ppl']:.4f} on the same tokens",
+            f"dPPL            {row['dppl_percent']:+.3f} % (ln ratio {row['ln_ratio']:+.5f} +/- {row['ln_ratio_err']:.5f})",
+            f"KL divergence   {row['kld']:.5f} +/- {row['kld_err']:.5f} per token",
+            f"same top-1      {row['same_top_p']:.2f} +/- {row['same_top_p_err']:.2f} %",
         ]
     return "\n".join(lines)
 
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report import _atomic_write
 
     text = args.text if args.text is not None else bundled_text("eval.txt")
-    settings = EvalSettings(text, args.ctx, args.chunks or None, args.threads)
+    settings = EvalSettings(text, args.ctx, args.windows or None, args.threads)
     row = evaluate_model(args.model, settings, base=args.base, cache=EvalCache(args.cache_dir))
     print(format_result(row))
     if args.json is not None:

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-text", type=Path, default=None,
                    help="calibration text for the imatrix and CARVQ (default: the bundled calib.txt)")
     p.add_argument("--ctx", type=int, default=defaults.ctx)
-    p.add_argument("--chunks", type=int, default=defaults.chunks, help=f"windows scored (default {defaults.chunks})")
+    p.add_argument("--windows", type=int, default=defaults.windows, help=f"windows scored (default {defaults.windows})")
     p.add_argument("--imatrix-chunks", type=int, default=defaults.imatrix_chunks)
     p.add_argument("--threads", type=int, default=defaults.threads)
     p.add_argument("--types", default=",".join(STOCK_TYPES), help="comma-separated llama.cpp types")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pareto import ParetoOptions, run_pareto
     from ..report import comparisons, write_report
 
-    options = ParetoOptions(ctx=args.ctx, chunks=args.chunks, imatrix_chunks=args.imatrix_chunks,
+    options = ParetoOptions(ctx=args.ctx, windows=args.windows, imatrix_chunks=args.imatrix_chunks,
                             threads=args.threads, stock_types=_names(args.types) or (),
                             presets=_names(args.presets), seed=args.seed, progress=not args.no_progress)
     if args.text is not None:
