@@ -1,5 +1,5 @@
 """The real SmolLM2-135M-Instruct GGUF (Q4_1 weights, Q8_0 tied token_embd) through the
-converter, with a fast test preset (2 k-means iterations, 1 adaptor epoch) so it stays short."""
+converter, with a fast test preset (2 levels, 2 k-means iterations, 1 adaptor epoch) so it stays short."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # tied: the file grows by the CARVQ tensors (plus a little metadata and alignment)
     assert 0 <= result.out_bytes - result.base_bytes - result.carvq_bytes < 4096
 
-    back = gguf_io.load_carvq_state(result.out_path)
+    back = gguf_io.read_carvq_state(out)
     ids = torch.arange(0, 49152, 7)
     a = CarvqEmbedding.from_state(result.state)(ids)
     b = CarvqEmbedding.from_state(back)(ids)
