@@ -49,7 +49,7 @@ class ParetoOptions:
     text: Path = field(default_factory=lambda: bundled_text("eval.txt"))
     calib_text: Path = field(default_factory=lambda: bundled_text("calib.txt"))
     ctx: int = 512
-    windows: int | None = 16
+    windows: int | None = 10
     imatrix_chunks: int | None = 16
     threads: int = 2
     stock_types: tuple[str, ...] = STOCK_TYPES

@@ -120,10 +120,12 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
         "",
         *_table(data["rows"]),
         "",
-        *(["Types marked not made: llama.cpp's quantizer writes token_embd only in a type whose block divides "
-           f"the row length n = {src['embedding_dim']}; for `--token-embedding-type` it stops with an assertion "
-           "instead of falling back to another type, so these types do not exist for this model's embedding "
-           "(the i-quants among them were tried with the importance matrix).", ""]
+        *(["Types marked not made: llama.cpp's quantizer refused them for token_embd (its message is in the "
+           "note). For `--token-embedding-type` it does not fall back to another type, so a type whose block "
+           f"(256 for k- and i-quants, 128 for Q1_0) does not divide the row length n = {src['embedding_dim']} "
+           "stops with an error; the very-low-bit i-quants also need importance weights for token_embd itself, "
+           "which llama-imatrix does not produce (token_embd is a row lookup, not a matrix product). These types "
+           "do not exist for this model's embedding in llama.cpp.", ""]
           if any(r.get("ppl") is None for r in data["rows"]) else []),
         "## Where CARVQ beats each llama.cpp type",
         "",

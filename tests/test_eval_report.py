@@ -57,7 +57,7 @@ def test_markdown_and_files(tmp_path: Path) -> None:
     assert "| Q1_0 | llama.cpp | not made |" in md and "no tensor type fallback" in md
     assert "| Q4_K | llama.cpp | Q5_0 | 5.500 |" in md
     assert "the run that wrote this report took 10.0 min" in md
-    assert "Types marked not made" in md and "n = 64" in md
+    assert "Types marked not made" in md and "divide the row length n = 64" in md
     paths = write_report(data, tmp_path / "r")
     assert paths["png"].stat().st_size > 10_000
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["pareto.json", "pareto.md", "pareto.png"]

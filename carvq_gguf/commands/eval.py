@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", type=Path, default=None, metavar="ORIGINAL.gguf",
                    help="the unmodified model to compare with (KL divergence, dPPL)")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
-    p.add_argument("--windows", type=int, default=16,
-                   help="windows scored (default 16, as `carvq-gguf pareto`; 0 = every full window of TEXT but one)")
+    p.add_argument("--windows", type=int, default=10,
+                   help="windows scored (default 10, as `carvq-gguf pareto`; 0 = every full window of TEXT but one)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=None, help="cache directory (default: <cache>/eval)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the result as JSON")
