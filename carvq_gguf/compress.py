@@ -96,6 +96,15 @@ def rvq_only(state: CarvqState) -> CarvqState:
     return out
 
 
+def without_corrections(state: CarvqState) -> CarvqState:
+    """The same codec with the correction rows removed (RVQ + adaptor only)."""
+    out = CarvqState(vocab_size=state.vocab_size, embedding_dim=state.embedding_dim, rvq=state.rvq,
+                     adaptor=state.adaptor, codes=state.codes, codebooks=state.codebooks, sigma0=state.sigma0,
+                     linears=state.linears, norms=state.norms, preset=state.preset + "/no-rows")
+    out.check()
+    return out
+
+
 def reconstruction_metrics(original: torch.Tensor, decoded: torch.Tensor,
                            weights: torch.Tensor | None = None) -> dict[str, float]:
     """rel_mse = |E - D|^2 / |E|^2, mean and median per-row cosine, and (with weights) the

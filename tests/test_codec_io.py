@@ -5,7 +5,7 @@ import torch
 from carvq_gguf.bits import bpw
 from carvq_gguf.calib import token_weights
 from carvq_gguf.codec_io import load_codec, save_codec
-from carvq_gguf.compress import compress_matrix, rvq_only
+from carvq_gguf.compress import compress_matrix, rvq_only, without_corrections
 from carvq_gguf.module import CarvqEmbedding
 from carvq_gguf.presets import Preset, PRESETS, TrainConfig
 from carvq_gguf.state import AdaptorConfig, RvqConfig
@@ -46,3 +46,8 @@ def test_compress_matrix_contract_and_determinism(monkeypatch):
     assert torch.allclose(decoded[top], E[top], atol=2e-3)
     plain = CarvqEmbedding.from_state(rvq_only(a)).decode_all()
     assert (decoded - E).abs().mean() < (plain - E).abs().mean()
+    no_rows = without_corrections(a)
+    assert no_rows.n_correction_rows == 0 and torch.equal(no_rows.sigma0, a.sigma0)
+    rest = torch.ones(2048, dtype=torch.bool)
+    rest[top] = False
+    assert torch.equal(CarvqEmbedding.from_state(no_rows).decode_all()[rest], decoded[rest])

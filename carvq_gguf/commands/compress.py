@@ -26,7 +26,7 @@ from ..baselines import rtn_bpw, rtn_quantize
 from ..bits import bpw, component_bits
 from ..calib import bundled_text, text_token_weights
 from ..codec_io import save_codec
-from ..compress import compress_matrix, reconstruction_metrics, rvq_only
+from ..compress import compress_matrix, reconstruction_metrics, rvq_only, without_corrections
 from ..hf_model import input_embedding_matrix, load_causal_lm
 from ..module import CarvqEmbedding, replace_input_embedding, replace_input_matrix
 from ..perplexity import eval_windows, kl_divergence, perplexity_from_logprobs, tokenize_text, window_logprobs
@@ -95,6 +95,8 @@ def _evaluate(model, matrices: dict[str, torch.Tensor], carvq_state, windows: to
 def print_table(report: dict) -> None:
     """The report as a table: one line per input embedding."""
     rows = [("original", "original"), ("carvq", f"CARVQ {report['preset']}"), ("rvq_only", "same RVQ alone")]
+    if "bpw_rvq_adaptor" in report:
+        rows.append(("rvq_adaptor", "same RVQ + adaptor"))
     rows += [(f"int{b}", f"RTN INT{b} g64") for b in BASELINE_BITS]
     print(f"{'input embedding':<24} {'bpw':>7} {'ppl':>9} {'KL':>8} {'rel MSE':>8} {'mean cos':>8}")
     for key, label in rows:
@@ -143,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
     plain = rvq_only(state)
     report["bpw_rvq_only"] = bpw(plain)
     matrices = {"rvq_only": CarvqEmbedding.from_state(plain).decode_all()}
+    if state.adaptor.enabled and state.n_correction_rows:  # isolate the adaptor's share
+        no_rows = without_corrections(state)
+        report["bpw_rvq_adaptor"] = bpw(no_rows)
+        matrices["rvq_adaptor"] = CarvqEmbedding.from_state(no_rows).decode_all()
     for b in BASELINE_BITS:
         matrices[f"int{b}"] = rtn_quantize(matrix, b)
         report[f"bpw_int{b}"] = rtn_bpw(b)
