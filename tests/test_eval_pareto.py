@@ -113,3 +113,30 @@ def test_imatrix_is_built_on_calibration_text_and_reported(tiny_source: Path, te
     assert f"imatrix datasets=['{texts[1]}']" in outcome.log  # made from the calibration text
     # llama-imatrix records inputs of matrix products; token_embd is a row lookup, so it has no entry
     assert "imatrix given, but it has no entry for token_embd" in outcome.note
+
+
+def test_eval_cli_with_base(tiny_source: Path, texts: tuple[Path, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    from carvq_gguf.cli import main
+
+    q4 = tmp_path / "q4.gguf"
+    untied = tmp_path / "untied.gguf"
+    variants.untie_head(tiny_source, untied)
+    variants.quantize_token_embd(untied, q4, "Q4_0")
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    args = ["eval", str(q4), "--text", str(texts[0]), "--base", str(tiny_source), "--ctx", str(CTX),
+            "--windows", str(WINDOWS), "--cache-dir", str(tmp_path / "c"), "--json", str(out_json),
+            "--plot", str(out_png)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "input embedding Q4_0, 9,216 bytes, 4.500 bpw (V=256 x n=64)" in printed
+    assert f"windows         {WINDOWS} x {CTX} tokens, {WINDOWS * 31} tokens scored" in printed
+    assert "KL divergence" in printed and "dPPL" in printed
+    row = json.loads(out_json.read_text())
+    assert row["embedding_type"] == "Q4_0" and row["head_type"] == "F16" and row["kld"] >= 0
+    assert len(row["chunk_kld"]) == WINDOWS
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    # without --base: perplexity only, equal to the KLD run's
+    assert main(["eval", str(q4), "--text", str(texts[0]), "--ctx", str(CTX), "--windows", str(WINDOWS),
+                 "--cache-dir", str(tmp_path / "c")]) == 0
+    assert f"perplexity      {row['ppl']:.4f}" in capsys.readouterr().out
