@@ -184,6 +184,15 @@ class VariantBuilder:
         return model, record
 
 
+def git_commit() -> str | None:
+    """Short hash of the repository's HEAD (for the report), or None outside a git checkout."""
+    import subprocess
+
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                            capture_output=True, text=True)
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
 class _Refused(Exception):
     """llama-quantize refused a type: nothing to cache as a model file."""
 
@@ -233,7 +242,8 @@ def run_pareto(source: Path, options: ParetoOptions | None = None, cache: EvalCa
                      "calib_text_name": Path(options.calib_text).name, "ctx": options.ctx,
                      "windows": base_run["windows"], "scored_tokens": base_run["scored_tokens"],
                      "threads": options.threads, "imatrix_chunks": options.imatrix_chunks,
-                     "seed": options.seed, "codec_code_version": codec_code_version()},
+                     "seed": options.seed, "codec_code_version": codec_code_version(),
+                     "git_commit": git_commit()},
         "rows": rows,
         "untie_imatrix_seconds": builder.prepare_seconds,
         "wall_seconds": time.monotonic() - start,

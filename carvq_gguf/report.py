@@ -29,6 +29,12 @@ def stock_points(rows: list[dict]) -> list[dict]:
     return sorted(seen.values(), key=lambda r: r["embedding_bpw"])
 
 
+def _dppl(r: dict) -> str:
+    """dPPL with its uncertainty (from llama-perplexity's paired ln-ratio error) when known."""
+    err = r.get("ln_ratio_err")
+    return f"{r['dppl_percent']:+.2f}%" + (f" ± {100 * err:.2f}" if err is not None else "")
+
+
 def comparisons(rows: list[dict]) -> list[str]:
     """One sentence per stock type: the lowest-bpw CARVQ variant at or below its bpw with a dPPL
     at most its dPPL (perplexity no worse), or that there is none."""
@@ -36,13 +42,13 @@ def comparisons(rows: list[dict]) -> list[str]:
     lines = []
     for s in stock_points(rows):
         wins = [c for c in carvq if c["embedding_bpw"] <= s["embedding_bpw"] and c["dppl_percent"] <= s["dppl_percent"]]
-        head = f"{s['actual_type']} ({s['embedding_bpw']:.2f} bpw, dPPL {s['dppl_percent']:+.2f}%)"
+        head = f"{s['actual_type']} ({s['embedding_bpw']:.2f} bpw, dPPL {_dppl(s)})"
         if not wins:
             lines.append(f"{head}: no CARVQ variant at or below {s['embedding_bpw']:.2f} bpw is as good.")
             continue
         best = min(wins, key=lambda c: c["embedding_bpw"])
         lines.append(f"{head}: beaten from {best['embedding_bpw']:.2f} bpw by {best['name']} "
-                     f"(dPPL {best['dppl_percent']:+.2f}%, KLD {best['kld']:.4f} vs {s['kld']:.4f}).")
+                     f"(dPPL {_dppl(best)}, KLD {best['kld']:.4f} vs {s['kld']:.4f}).")
     return lines
 
 
@@ -64,7 +70,7 @@ def _mb(n: int | None) -> str:
 
 
 def _table(rows: list[dict]) -> list[str]:
-    out = ["| variant | method | token_embd written as | embedding bpw | embedding MB | file MB | PPL | dPPL % "
+    out = ["| variant | method | token_embd written as | embedding bpw | embedding MB | file MB | PPL | dPPL "
            "| KLD | same top-1 % | note |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -74,7 +80,7 @@ def _table(rows: list[dict]) -> list[str]:
         written = r["embedding_type"] if r["embedding_type"] != "CARVQ" else "CARVQ tensors"
         out.append(f"| {r['name']} | {r['method']} | {written} | {r['embedding_bpw']:.3f} | "
                    f"{_mb(r['embedding_bytes'])} | {_mb(r['file_bytes'])} | {r['ppl']:.3f} ± {r['ppl_err']:.3f} | "
-                   f"{r['dppl_percent']:+.2f} | {r['kld']:.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
+                   f"{_dppl(r)} | {r['kld']:.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
                    f"{r['note']} |")
     return out
 
@@ -113,7 +119,8 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
         "the table shows the type actually written.",
         "",
         f"CARVQ variants: `carvq-gguf convert` with each preset of `carvq_gguf.presets` (codec code version "
-        f"`{st['codec_code_version']}`, calibration `{st['calib_text_name']}`, seed {st['seed']}); "
+        f"`{st['codec_code_version']}` at commit `{st.get('git_commit') or '?'}`, calibration "
+        f"`{st['calib_text_name']}`, seed {st['seed']}); "
         "`rvq-*` are the same RVQ without the adaptor and without correction rows.",
         "",
         f"![embedding bpw against dPPL]({png_name})",
