@@ -170,9 +170,12 @@ def plot(data: dict, out: Path) -> None:
             xs = [p["embedding_bpw"] for p in points]
             ys = [max(p[key], 1e-4) if key == "kld" else p[key] for p in points]
             ax.plot(xs, ys, marker=marker, linestyle=style or "none", color=color, label=method)
-            for p, x, y in zip(points, xs, ys):
+            for i, (p, x, y) in enumerate(zip(points, xs, ys)):
                 name = p["actual_type"] if method == "llama.cpp" else p["name"]
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+                # alternate right and left of the point so labels of points at the same bpw do not mix up
+                right = i % 2 == 0
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(5 if right else -5, 2),
+                            ha="left" if right else "right", fontsize=7, color=color)
         if key == "kld":
             ax.set_yscale("log")
         else:
