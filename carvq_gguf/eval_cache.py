@@ -57,12 +57,30 @@ def codec_code_version() -> str:
     return digest.hexdigest()[:16]
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class EvalCache:
     """Files and JSON results stored by key."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else sdist.cache_dir() / "eval"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temporaries()
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete temporary files left by builders that were killed (their process is gone)."""
+        for tmp in self.root.glob("*/.tmp-*"):
+            pid = tmp.name.split("-")[1]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         """Where the entry kind/key lives (it may not exist yet)."""

@@ -93,3 +93,20 @@ def test_cache_json_computes_once(tmp_path: Path) -> None:
     again = cache.json("runs", "k", lambda: calls.append(1) or {"ppl": 99.0})
     assert value == again == {"ppl": 12.5} and calls == [1]
     assert cache.load_json("runs", "other") is None
+
+
+def test_temporaries_of_killed_builders_are_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    models = tmp_path / "models"
+    models.mkdir()
+    stale = models / f".tmp-{dead_pid}-abc.gguf"
+    live = models / f".tmp-{os.getpid()}-def.gguf"
+    stale.write_text("half")
+    live.write_text("being written")
+    EvalCache(tmp_path)
+    assert not stale.exists() and live.exists()
