@@ -38,7 +38,7 @@ class VariantSpec:
     """One row of the benchmark."""
 
     name: str
-    method: str            # "llama.cpp", "CARVQ", "CARVQ (paper)", "RVQ only"
+    method: str            # "llama.cpp", "CARVQ", "CARVQ + adaptor", "CARVQ (paper)", "RVQ only"
     setting: str           # ggml type name or preset name
 
 
@@ -64,6 +64,8 @@ def preset_method(name: str) -> str:
         return "RVQ only"
     if "paper" in name:
         return "CARVQ (paper)"
+    if "adaptor" in name:
+        return "CARVQ + adaptor"
     return "CARVQ"
 
 
@@ -178,7 +180,7 @@ class VariantBuilder:
         self.cache.file("models", key, ".gguf", lambda tmp: info.append(
             variants.carvq_variant(self.source, tmp, preset, self.options.calib_text, self.options.seed,
                                    self.options.progress)))
-        record = {**info[0], "requested": preset, "actual": "CARVQ", "note": "",
+        record = {**info[0], "requested": preset, "actual": "CARVQ", "note": info[0]["recipe"],
                   "seconds": time.monotonic() - start}
         self.cache.save_json("builds", key, record)
         return model, record

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from .state import CarvqError
 
-CARVQ_METHODS = ("CARVQ", "CARVQ (paper)")
+CARVQ_METHODS = ("CARVQ", "CARVQ + adaptor", "CARVQ (paper)")
 METHOD_STYLE = {"llama.cpp": ("tab:gray", "s", "-"), "CARVQ": ("tab:red", "o", "-"),
-                "CARVQ (paper)": ("tab:purple", "D", ""), "RVQ only": ("tab:blue", "^", "--")}
+                "CARVQ + adaptor": ("tab:orange", "v", ""), "CARVQ (paper)": ("tab:purple", "D", ""),
+                "RVQ only": ("tab:blue", "^", "--")}
 
 
 def measured(rows: list[dict]) -> list[dict]:
@@ -120,7 +121,8 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
         f"CARVQ variants: `carvq-gguf convert` with each preset of `carvq_gguf.presets` (codec code version "
         f"`{st['codec_code_version']}` at commit `{st.get('git_commit') or '?'}`, calibration "
         f"`{st['calib_text_name']}`, seed {st['seed']}); "
-        "`rvq-*` are the same RVQ without the adaptor and without correction rows.",
+        "the note of each row gives what the preset is made of; `rvq-*` are the same RVQ without adaptor "
+        "and without correction rows.",
         "",
         f"![embedding bpw against dPPL]({png_name})",
         "",
@@ -158,7 +160,7 @@ def plot(data: dict, out: Path) -> None:
 
     rows = measured(data["rows"])
     groups = {"llama.cpp": stock_points(data["rows"])}
-    for method in ("CARVQ", "CARVQ (paper)", "RVQ only"):
+    for method in ("CARVQ", "CARVQ + adaptor", "CARVQ (paper)", "RVQ only"):
         groups[method] = sorted((r for r in rows if r["method"] == method), key=lambda r: r["embedding_bpw"])
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for ax, key, label in ((axes[0], "dppl_percent", "perplexity change vs source (%)"),

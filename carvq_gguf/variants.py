@@ -176,4 +176,18 @@ def carvq_variant(source: Path, out: Path, preset: str, calib_text: Path | None 
 
     result = convert(source, out, preset, calib_text=calib_text, seed=seed, progress=progress)
     return {"preset": preset, "head_type": result.head_type, "carvq_bytes": result.carvq_bytes,
-            "correction_rows": result.state.n_correction_rows}
+            "correction_rows": result.state.n_correction_rows, "recipe": recipe(result.state, preset)}
+
+
+def recipe(state, preset: str) -> str:
+    """What a CARVQ codec is made of, in one line (for the report)."""
+    from .presets import get_preset
+
+    r, a = state.rvq, state.adaptor
+    layout = "codebooks per column" if r.group_layout == "column" else f"blocks of {r.group_size} sub-vectors"
+    parts = [f"RVQ L={r.levels} K={r.codebook_size} h={r.subvector_dim}, {layout}",
+             "k-means weighted by calibration frequency" if get_preset(preset).train.weighted else "unweighted k-means",
+             f"adaptor {a.table_dim}->{'->'.join(str(d) for d in a.hidden_dims)}->{state.embedding_dim}"
+             if a.enabled else "no adaptor",
+             f"{state.n_correction_rows} correction rows"]
+    return ", ".join(parts)
