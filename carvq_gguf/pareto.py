@@ -149,6 +149,7 @@ class VariantBuilder:
         model = self.cache.path("models", key, ".gguf")
         if record is not None and (record["actual"] is None or model.is_file()):
             return (model if record["actual"] else None), record
+        model.unlink(missing_ok=True)  # a file without its record (the run was killed in between)
         start = time.monotonic()
         outcome: list[variants.QuantizeOutcome] = []
 
@@ -175,6 +176,7 @@ class VariantBuilder:
         model = self.cache.path("models", key, ".gguf")
         if record is not None and model.is_file():
             return model, record
+        model.unlink(missing_ok=True)  # a file without its record (the run was killed in between)
         start = time.monotonic()
         info: list[dict] = []
         self.cache.file("models", key, ".gguf", lambda tmp: info.append(

@@ -81,6 +81,13 @@ def test_pareto_two_variants(tiny_source: Path, texts: tuple[Path, Path], tmp_pa
     assert sorted(p.name for p in (tmp_path / "cache").rglob("*")) == before
     assert [r["kld"] for r in again["rows"]] == [r["kld"] for r in data["rows"]]
 
+    # a model file whose build record is missing (a run killed in between) is rebuilt, not trusted
+    for record in (tmp_path / "cache" / "builds").glob("*.json"):
+        if json.loads(record.read_text()).get("requested") in ("Q4_0", "rvq-1.6"):
+            record.unlink()
+    third = run_pareto(tiny_source, options, cache)
+    assert [r["model_sha256"] for r in third["rows"]] == [r["model_sha256"] for r in data["rows"]]
+
 
 def test_stock_types_change_only_token_embd(tiny_source: Path, tmp_path: Path) -> None:
     untied = tmp_path / "untied.gguf"
