@@ -84,8 +84,8 @@ def encode(matrix: torch.Tensor, cfg: RvqConfig, row_weights: torch.Tensor | Non
     return torch.stack(codes, dim=1).contiguous(), torch.stack(codebooks).contiguous()
 
 
-def decode(codes: torch.Tensor, codebooks: torch.Tensor, cfg: RvqConfig, token_ids: torch.Tensor | None = None,
-           vocab_size: int | None = None) -> torch.Tensor:
+def decode(codes: torch.Tensor, codebooks: torch.Tensor, cfg: RvqConfig,
+           token_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Decode rows: float32 [T, n] for token_ids (default: all V rows of codes).
 
     Levels are summed in order 0, 1, ... in float32 from the F16 codebook values.
@@ -95,7 +95,7 @@ def decode(codes: torch.Tensor, codebooks: torch.Tensor, cfg: RvqConfig, token_i
     n = S * h
     if token_ids is None:
         token_ids = torch.arange(V)
-    groups = cfg.group_index(vocab_size or V, n)[token_ids]
+    groups = cfg.group_index(V, n)[token_ids]
     rows = codes[token_ids].long()
     out = torch.zeros(token_ids.shape[0], S, h)
     for level in range(L):

@@ -1,6 +1,6 @@
 """One real-model check: SmolLM2-135M's embedding through carvq-1.6 beats INT2 at fewer bits.
 
-Takes one to two minutes (model load, compression, three short perplexity runs on 2 windows).
+Takes one to two minutes (model load, compression, three perplexity runs on the 8 standard windows).
 """
 
 from pathlib import Path
@@ -32,7 +32,7 @@ def test_smollm2_carvq_1_6_beats_int2():
                                  E.shape[0])
     state = compress_matrix(E, "carvq-1.6", weights, progress=False)
     assert bpw(state) <= 1.6
-    windows = eval_windows(tokenize_text(tokenizer, bundled_text("eval.txt").read_text()), 2, 512)
+    windows = eval_windows(tokenize_text(tokenizer, bundled_text("eval.txt").read_text()), 8, 512)
     original = perplexity_from_logprobs(window_logprobs(model, windows), windows)
     previous = replace_input_embedding(model, state)
     carvq = perplexity_from_logprobs(window_logprobs(model, windows), windows)
