@@ -17,7 +17,11 @@ from .state import CarvqError, CarvqState
 
 
 class CarvqEmbedding(nn.Module):
-    """Token embedding decoded from a CARVQ codec state: forward(ids) -> float32 [..., n]."""
+    """Token embedding decoded from a CARVQ codec state: forward(ids) -> float32 [..., n].
+
+    Computes on the CPU, like the llama.cpp op (token_embd stays on the CPU there); the
+    result is moved to the device of the token ids.
+    """
 
     def __init__(self, state: CarvqState):
         super().__init__()
@@ -31,16 +35,39 @@ class CarvqEmbedding(nn.Module):
         self.register_buffer("codebooks", state.codebooks.clone())
         self.register_buffer("groups", state.rvq.group_index(state.vocab_size, state.embedding_dim).clone())
         self.register_buffer("sigma0", None if state.sigma0 is None else state.sigma0.clone())
-        self.weights = [w.clone() for w, _ in state.linears]
-        self.biases = [b.clone() for _, b in state.linears]
-        self.norm_weights = [w.clone() for w, _ in state.norms]
-        self.norm_biases = [b.clone() for _, b in state.norms]
+        self.n_linears, self.n_norms = len(state.linears), len(state.norms)
+        for i, (w, b) in enumerate(state.linears):
+            self.register_buffer(f"linear{i}_weight", w.clone())
+            self.register_buffer(f"linear{i}_bias", b.clone())
+        for i, (w, b) in enumerate(state.norms):
+            self.register_buffer(f"norm{i}_weight", w.clone())
+            self.register_buffer(f"norm{i}_bias", b.clone())
         self.register_buffer("correction_ids", state.correction_ids.clone())
         rows = state.correction_rows
         self.register_buffer("correction_rows", None if rows is None else rows.clone())
         slot = torch.full((state.vocab_size,), -1, dtype=torch.int64)
         slot[state.correction_ids.long()] = torch.arange(state.n_correction_rows)
         self.register_buffer("correction_slot", slot)
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        """F16 weights [out, in] of the adaptor's linear layers, first to last."""
+        return [getattr(self, f"linear{i}_weight") for i in range(self.n_linears)]
+
+    @property
+    def biases(self) -> list[torch.Tensor]:
+        """F32 biases of the adaptor's linear layers."""
+        return [getattr(self, f"linear{i}_bias") for i in range(self.n_linears)]
+
+    @property
+    def norm_weights(self) -> list[torch.Tensor]:
+        """F32 LayerNorm weights, one per hidden layer."""
+        return [getattr(self, f"norm{i}_weight") for i in range(self.n_norms)]
+
+    @property
+    def norm_biases(self) -> list[torch.Tensor]:
+        """F32 LayerNorm biases, one per hidden layer."""
+        return [getattr(self, f"norm{i}_bias") for i in range(self.n_norms)]
 
     @classmethod
     def from_state(cls, state: CarvqState) -> "CarvqEmbedding":
