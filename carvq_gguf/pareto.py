@@ -92,6 +92,12 @@ class VariantBuilder:
         self._untied: Path | None = None
         self._imatrix: Path | None = None
         self.prepare_seconds = 0.0  # recorded build time of the untied source and the imatrix
+        # taken once, when the run starts and the codec modules are imported: the key of every
+        # CARVQ variant of this run then names the code that actually built it
+        from . import compress  # noqa: F401  (imported now, with the code the version is taken from)
+        from .convert import pipeline  # noqa: F401
+
+        self.codec_version = codec_code_version()
 
     def _tools_key(self) -> str:
         from . import runtime
@@ -170,7 +176,7 @@ class VariantBuilder:
         return (model if result.actual else None), record
 
     def _carvq(self, preset: str) -> tuple[Path, dict]:
-        key = hash_key("carvq", VARIANTS_VERSION, self.source_hash, preset, codec_code_version(),
+        key = hash_key("carvq", VARIANTS_VERSION, self.source_hash, preset, self.codec_version,
                        content_hash(self.options.calib_text), self.options.seed)
         record = self.cache.load_json("builds", key)
         model = self.cache.path("models", key, ".gguf")
@@ -246,7 +252,7 @@ def run_pareto(source: Path, options: ParetoOptions | None = None, cache: EvalCa
                      "calib_text_name": Path(options.calib_text).name, "ctx": options.ctx,
                      "windows": base_run["windows"], "scored_tokens": base_run["scored_tokens"],
                      "threads": options.threads, "imatrix_chunks": options.imatrix_chunks,
-                     "seed": options.seed, "codec_code_version": codec_code_version(),
+                     "seed": options.seed, "codec_code_version": builder.codec_version,
                      "git_commit": git_commit()},
         "rows": rows,
         "untie_imatrix_seconds": builder.prepare_seconds,

@@ -4,6 +4,7 @@ says) and pareto.png (embedding bpw against dPPL and KLD, one line per method)."
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -13,7 +14,7 @@ from .state import CarvqError
 CARVQ_METHODS = ("CARVQ", "CARVQ + adaptor", "CARVQ (paper)")
 METHOD_STYLE = {"llama.cpp": ("tab:gray", "s", "-"), "CARVQ": ("tab:red", "o", "-"),
                 "CARVQ + adaptor": ("tab:orange", "v", ""), "CARVQ (paper)": ("tab:purple", "D", ""),
-                "RVQ only": ("tab:blue", "^", "--")}
+                "RVQ only": ("tab:blue", "^", "")}
 
 
 def measured(rows: list[dict]) -> list[dict]:
@@ -30,10 +31,16 @@ def stock_points(rows: list[dict]) -> list[dict]:
     return sorted(seen.values(), key=lambda r: r["embedding_bpw"])
 
 
+def _nonnegative(x: float) -> float:
+    """x, with the -0.0 (or rounding-negative) KL divergence of an identical model shown as 0."""
+    return x if x > 0 else 0.0
+
+
 def _dppl(r: dict) -> str:
     """dPPL with its uncertainty (from llama-perplexity's paired ln-ratio error) when known."""
     err = r.get("ln_ratio_err")
-    return f"{r['dppl_percent']:+.2f}%" + (f" ± {100 * err:.2f}" if err is not None else "")
+    known = err is not None and math.isfinite(err)
+    return f"{r['dppl_percent']:+.2f}%" + (f" ± {100 * err:.2f}" if known else "")
 
 
 def comparisons(rows: list[dict]) -> list[str]:
@@ -81,7 +88,7 @@ def _table(rows: list[dict]) -> list[str]:
         written = r["embedding_type"] if r["embedding_type"] != "CARVQ" else "CARVQ tensors"
         out.append(f"| {r['name']} | {r['method']} | {written} | {r['embedding_bpw']:.3f} | "
                    f"{_mb(r['embedding_bytes'])} | {_mb(r['file_bytes'])} | {r['ppl']:.3f} ± {r['ppl_err']:.3f} | "
-                   f"{_dppl(r)} | {max(r['kld'], 0.0):.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
+                   f"{_dppl(r)} | {_nonnegative(r['kld']):.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
                    f"{r['note']} |")
     return out
 
