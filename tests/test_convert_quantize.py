@@ -34,7 +34,7 @@ def test_quantize_keeps_carvq_tensors(tmp_path: Path) -> None:
 
     import llama_cpp  # the patched build runs the quantized CARVQ model
 
-    llm = llama_cpp.Llama(str(result.out_path), n_ctx=64, verbose=False)
+    llm = llama_cpp.Llama(str(result.out_path), n_ctx=64, logits_all=True, verbose=False)
     llm.eval(llm.tokenize(b"the function returns"))
     assert np.isfinite(np.asarray(llm.scores[: llm.n_tokens])).all()
 
