@@ -34,7 +34,7 @@ from .state import CarvqError
 
 DEFAULT_CTX = 512
 DEFAULT_THREADS = 2
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 6
 
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf|-nan|-inf))"
 _PM = r"\s*(?:±|\+/-)\s*"
@@ -52,7 +52,21 @@ _KLD_ERRORS = ("inconsistent vocabulary", "does not look like a file containing 
 
 
 class TruncatedOutput(CarvqError):
-    """The run started scoring but its output stops before the window the result is read at."""
+    """The run's output stops before the window the result is read at."""
+
+
+# llama.cpp's logger prefixes its lines with a timestamp and a level, e.g. "0.00.004.298 W load: ..."
+_LLAMA_LOG_LINE = re.compile(r"^\d+\.\d{2}\.\d{3}\.\d{3} [DIWE] ", re.MULTILINE)
+
+
+def _missing_header(output: str, kind: str, line: str) -> CarvqError:
+    """The error for output without the line that starts the scoring: TruncatedOutput if it is
+    llama.cpp's log cut short (a small model can finish before the logger thread printed the
+    rest), else CarvqError for output that is not llama-perplexity's at all."""
+    if _LLAMA_LOG_LINE.search(output):
+        return TruncatedOutput(f"llama-perplexity {kind} stops before the '{line}' line; "
+                               f"output ends:\n{_tail(output)}")
+    return CarvqError(f"llama-perplexity {kind} not recognized (no '{line}' line); output ends:\n{_tail(output)}")
 
 
 @dataclass
@@ -155,8 +169,7 @@ def parse_perplexity_output(output: str, windows: int | None = None) -> Perplexi
                          "needs at least 2 windows (2 x ctx tokens); use a longer text or a smaller ctx")
     chunks = _CHUNKS_PPL.search(output)
     if chunks is None:
-        raise CarvqError("llama-perplexity output not recognized (no 'calculating perplexity over N chunks' "
-                         f"line); output ends:\n{_tail(output)}")
+        raise _missing_header(output, "output", "calculating perplexity over N chunks")
     saved, n_ctx = int(chunks.group(1)), int(chunks.group(2))
     n = _result_window(windows, saved)
     per_window = [_float(m.group(2)) for m in _CHUNK_PPL.finditer(output)]
@@ -181,8 +194,7 @@ def parse_kld_output(output: str, windows: int | None = None) -> KldRun:
             raise CarvqError(f"llama-perplexity could not compare with the base logits: {line.strip()}")
     chunks = _CHUNKS_KLD.search(output)
     if chunks is None:
-        raise CarvqError("llama-perplexity KL-divergence output not recognized (no 'computing over N chunks' "
-                         f"line); output ends:\n{_tail(output)}")
+        raise _missing_header(output, "KL-divergence output", "computing over N chunks")
     saved, n_ctx = int(chunks.group(1)), int(chunks.group(2))
     n = _result_window(windows, saved)
     rows = [[_float(v) for v in row] for row in _KLD_ROW.findall(output)]

@@ -86,6 +86,17 @@ def test_runner_repeats_a_cut_run(monkeypatch: pytest.MonkeyPatch) -> None:
         llama_eval._run_parsed(["x"], "test", lambda out: parse_kld_output(out, 5))
 
 
+def test_log_cut_before_the_scoring_is_retried() -> None:
+    # Seen in CI: a tiny model's KLD run finished before llama.cpp's logger thread printed more
+    # than its first lines; the process exited 0.
+    cut = ("0.00.004.298 W load: SPM vocabulary, but newline token not found: unordered_map::at! Using "
+           "special_pad_id instead.0.00.005.481 I cmn          init: llama threadpool init, n_threads = 2\n")
+    with pytest.raises(TruncatedOutput, match="stops before the 'computing over N chunks' line"):
+        parse_kld_output(cut, 5)
+    with pytest.raises(TruncatedOutput, match="stops before the 'calculating perplexity over N chunks' line"):
+        parse_perplexity_output(cut, 5)
+
+
 def test_unrecognized_output() -> None:
     with pytest.raises(CarvqError, match="output not recognized"):
         parse_perplexity_output("llama-perplexity 2.0\nresult: 12.3\n")
