@@ -9,13 +9,12 @@ never leaves a half-written codec.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from .convert.atomic import atomic_output
 from .state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
 
 CODEC_FORMAT = "carvq-codec"
@@ -41,15 +40,8 @@ def save_codec(state: CarvqState, path: str | Path) -> None:
         "correction_rows": state.correction_rows,
         "preset": state.preset,
     }
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(Path(path)) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_codec(path: str | Path) -> CarvqState:

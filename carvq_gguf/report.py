@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
-from .state import CarvqError
+from .convert.atomic import atomic_output
 
 CARVQ_METHODS = ("CARVQ", "CARVQ + adaptor", "CARVQ (paper)")
 METHOD_STYLE = {"llama.cpp": ("tab:gray", "s", "-"), "CARVQ": ("tab:red", "o", "-"),
@@ -203,17 +201,9 @@ def plot(data: dict, out: Path) -> None:
 
 
 def _atomic_write(out: Path, write) -> None:
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise CarvqError(f"output directory {out.parent} does not exist")
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        write(Path(name))
-        os.chmod(name, 0o644)
-        os.replace(name, out)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    """Write out through write(tmp_path) with convert.atomic.atomic_output (never half-written)."""
+    with atomic_output(Path(out)) as tmp:
+        write(tmp)
 
 
 def write_report(data: dict, out_dir: Path) -> dict[str, Path]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ..bits import bpw, component_bits
 from ..calib import bundled_text, text_token_weights
 from ..codec_io import save_codec
 from ..compress import compress_matrix, reconstruction_metrics, rvq_only, without_corrections
+from ..convert.atomic import atomic_output
 from ..hf_model import input_embedding_matrix, load_causal_lm
 from ..module import CarvqEmbedding, replace_input_embedding, replace_input_matrix
 from ..perplexity import eval_windows, kl_divergence, perplexity_from_logprobs, tokenize_text, window_logprobs
@@ -62,16 +62,8 @@ def _read_text(path: str | None, default: str) -> tuple[str, str]:
 
 
 def _write_json(report: dict, path: str) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _evaluate(model, matrices: dict[str, torch.Tensor], carvq_state, windows: torch.Tensor,
