@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -59,12 +59,18 @@ def token_embedding(reader: GGUFReader) -> tuple[torch.Tensor, GGMLQuantizationT
         raise CarvqError(f"the source GGUF has no {gguf_io.TOKEN_EMBD}")
     if len(t.shape) != 2:
         raise CarvqError(f"{gguf_io.TOKEN_EMBD} has {len(t.shape)} dimensions, expected 2")
+    return torch.from_numpy(dense_tensor(t)), t.tensor_type
+
+
+def dense_tensor(t: Any) -> np.ndarray:
+    """A reader tensor dequantized to float32, shaped [rows, cols] (ggml's ne reversed); may be a
+    read-only view of the file for an F32 tensor."""
     try:
         dense = quants.dequantize(np.asarray(t.data), t.tensor_type)
     except NotImplementedError as e:
-        raise CarvqError(f"cannot dequantize {gguf_io.TOKEN_EMBD} of type {t.tensor_type.name}: {e}") from e
-    n, V = (int(d) for d in t.shape)
-    return torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32).reshape(V, n)), t.tensor_type
+        raise CarvqError(f"cannot dequantize {t.name} of type {t.tensor_type.name}: {e}") from e
+    shape = [int(d) for d in reversed(t.shape)]
+    return np.ascontiguousarray(dense, dtype=np.float32).reshape(shape)
 
 
 def parse_type(name: str) -> GGMLQuantizationType:
@@ -132,6 +138,30 @@ def copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
         writer.add_key_value(name, value, vtype, sub_type=sub)
 
 
+TensorPlan = list[tuple[str, np.ndarray, GGMLQuantizationType | None]]
+
+
+def write_model(reader: GGUFReader, out_path: Path, plan: TensorPlan, progress: bool = True,
+                add_keys: Callable[[GGUFWriter], None] | None = None) -> None:
+    """Write a GGUF with every key of reader (plus add_keys' keys) and the tensors of plan, in
+    order: (name, data, ggml type) with raw bytes for a quantized type, None for a numpy dtype."""
+    writer = GGUFWriter(out_path, architecture(reader))
+    copy_metadata(reader, writer)
+    if add_keys is not None:
+        add_keys(writer)
+    for name, arr, qtype in plan:
+        writer.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    total = sum(arr.nbytes for _, arr, _ in plan)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=not progress) as bar:
+        for _, arr, _ in plan:
+            writer.write_tensor_data(arr)
+            bar.update(arr.nbytes)
+    writer.close()
+
+
 def write_carvq_model(reader: GGUFReader, state: CarvqState, out_path: Path,
                       head: OutputHead | None, progress: bool = True) -> None:
     """Write the source model with token_embd.weight replaced by state's CARVQ tensors.
@@ -139,7 +169,6 @@ def write_carvq_model(reader: GGUFReader, state: CarvqState, out_path: Path,
     Every other tensor keeps its raw bytes and type, in the source's order; the CARVQ tensors
     take token_embd's place; a tied head (head not None) is appended as output.weight.
     """
-    arch = architecture(reader)
     src_embd = find_tensor(reader, gguf_io.TOKEN_EMBD)
     if src_embd is None:
         raise CarvqError(f"the source GGUF has no {gguf_io.TOKEN_EMBD}")
@@ -147,11 +176,7 @@ def write_carvq_model(reader: GGUFReader, state: CarvqState, out_path: Path,
     if (V, n) != (state.vocab_size, state.embedding_dim):
         raise CarvqError(f"codec state is {state.vocab_size} x {state.embedding_dim} but "
                          f"{gguf_io.TOKEN_EMBD} is {V} x {n}")
-    writer = GGUFWriter(out_path, arch)
-    copy_metadata(reader, writer)
-    gguf_io.add_carvq_metadata(writer, state)
-
-    plan: list[tuple[str, np.ndarray, GGMLQuantizationType | None]] = []
+    plan: TensorPlan = []
     for t in reader.tensors:
         if t.name == gguf_io.TOKEN_EMBD:
             plan.extend((name, arr, None) for name, arr in gguf_io.carvq_tensors(state))
@@ -165,18 +190,7 @@ def write_carvq_model(reader: GGUFReader, state: CarvqState, out_path: Path,
             if head.data.dtype == np.uint8 else head.data.shape
         if tuple(shape_check) != (V, n):
             raise CarvqError(f"output head has shape {tuple(shape_check)}, expected {(V, n)}")
-
-    for name, arr, qtype in plan:
-        writer.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    total = sum(arr.nbytes for _, arr, _ in plan)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=not progress) as bar:
-        for _, arr, _ in plan:
-            writer.write_tensor_data(arr)
-            bar.update(arr.nbytes)
-    writer.close()
+    write_model(reader, out_path, plan, progress, lambda writer: gguf_io.add_carvq_metadata(writer, state))
 
 
 def verify_carvq_model(source: GGUFReader, out: GGUFReader, state: CarvqState,
