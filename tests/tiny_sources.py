@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, quants
 
 from conftest import save_tiny_llama
@@ -51,6 +52,14 @@ def make_tiny_hf(path: Path, tied: bool, vocab_size: int = 256) -> Path:
     return path
 
 
+def make_tiny_hf_arch(path: Path, arch: str) -> Path:
+    """A tiny random model of arch (see tiny_config; tied head) saved with a tokenizer."""
+    path.mkdir(parents=True, exist_ok=True)
+    tiny_causal_lm(arch).save_pretrained(path)
+    save_tiny_tokenizer(path)
+    return path
+
+
 def make_synthetic_gguf(path: Path, vocab_size: int = 96, embedding_dim: int = 64, tied: bool = True,
                         embd_type: GGMLQuantizationType = GGMLQuantizationType.Q8_0, seed: int = 0) -> Path:
     """A llama-architecture GGUF with keys of every common type and tensors of several ggml types."""
@@ -83,3 +92,36 @@ def make_synthetic_gguf(path: Path, vocab_size: int = 96, embedding_dim: int = 6
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def tiny_config(arch: str, vocab_size: int = 256, tied: bool = True):
+    """A transformers config of a tiny random decoder: llama (grouped-query attention),
+    llama-mha (as many kv heads as heads), qwen2 (q/k/v biases) or gemma3 (text-only)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=tied)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "llama-mha":
+        return LlamaConfig(**{**common, "num_key_value_heads": 4})
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "gemma3":
+        return Gemma3TextConfig(**common, head_dim=16, sliding_window=32, layer_types=["sliding_attention", "full_attention"])
+    raise ValueError(arch)
+
+
+def tiny_causal_lm(arch: str, seed: int = 0):
+    """A tiny random causal LM of arch (see tiny_config), float32, eval mode, with non-trivial
+    norm weights and biases so that folding into them is tested."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()

@@ -1,0 +1,91 @@
+"""AWQ scale search and folding in PyTorch: the simulated quantizer is llama.cpp's, folding keeps
+the float model's logits, and scales pay off where activations have outlier channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, quants
+
+from carvq_gguf import awq
+from carvq_gguf.state import CarvqError
+from tiny_sources import tiny_causal_lm
+
+ARCHS = ["llama", "llama-mha", "qwen2", "gemma3"]
+
+
+@pytest.mark.parametrize("quant, qtype", [("q4_0", GGMLQuantizationType.Q4_0), ("q4_1", GGMLQuantizationType.Q4_1)])
+def test_fake_quantize_is_llama_cpp_block_format(quant: str, qtype: GGMLQuantizationType) -> None:
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.01, 3, 128)
+    w[3, :32] = 0  # an all-zero block
+    expected = quants.dequantize(quants.quantize(w.numpy(), qtype), qtype)
+    np.testing.assert_array_equal(awq.fake_quantize(w, quant).numpy(), expected)
+
+
+def test_fake_quantize_rejects_rows_not_in_blocks() -> None:
+    with pytest.raises(CarvqError, match="not a multiple of 32"):
+        awq.fake_quantize(torch.zeros(2, 48), "q4_0")
+
+
+def calibration_ids(vocab_size: int, n: int = 640) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (n,), generator=torch.Generator().manual_seed(1))
+
+
+def outlier_channels(model) -> None:
+    """Make a few input channels of every normed input large, as trained LLMs have."""
+    with torch.no_grad():
+        for layer in awq.decoder_layers(model):
+            for g in awq.layer_groups(model):
+                prev = layer.get_submodule(g.prev)
+                if not isinstance(prev, torch.nn.Linear):
+                    prev.weight[:4] += 20.0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fold_keeps_logits(arch: str) -> None:
+    model = tiny_causal_lm(arch)
+    outlier_channels(model)
+    ids = calibration_ids(model.config.vocab_size)
+    config = awq.AwqConfig(seq_len=64, max_windows=8, search_tokens=256)
+    scales = awq.search_scales(model, ids, config, progress=False)
+    with_o = arch == "llama-mha"  # v -> o is foldable only when v is as wide as o's input
+    assert len(scales) == model.config.num_hidden_layers * (4 if with_o else 3)
+    assert any(g.alpha > 0 for g in scales)
+
+    probe = ids[:48][None]
+    with torch.no_grad():
+        before = model(probe).logits
+        weights_before = {k: v.clone() for k, v in model.state_dict().items()}
+        awq.fold_into_model(model, scales)
+        after = model(probe).logits
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, weights_before[k])]
+    assert any("norm" in k for k in changed) and any("proj" in k for k in changed)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_scales_cut_simulated_error_on_outlier_channels() -> None:
+    model = tiny_causal_lm("llama")
+    outlier_channels(model)
+    scales = awq.search_scales(model, calibration_ids(model.config.vocab_size),
+                               awq.AwqConfig(seq_len=64, max_windows=8), progress=False)
+    total = awq.summary(scales)
+    assert total["error_ratio"] < 0.8
+    assert all(g.awq_error <= g.rtn_error for g in scales)
+
+
+def test_unsupported_architecture_and_type() -> None:
+    model = tiny_causal_lm("llama")
+    model.config.model_type = "gpt2"
+    with pytest.raises(CarvqError, match="does not know architecture 'gpt2'"):
+        awq.search_scales(model, calibration_ids(256), progress=False)
+    with pytest.raises(CarvqError, match="4-bit llama.cpp types"):
+        awq.quant_proxy("Q8_0")
+    assert awq.quant_proxy("q4_k_m") == "q4_1"
+
+
+def test_too_little_calibration_text() -> None:
+    with pytest.raises(CarvqError, match="fewer than 2 tokens"):
+        awq.calibration_windows(torch.tensor([5]), awq.AwqConfig())
+    with pytest.raises(CarvqError, match="at least one calibration window"):
+        awq.calibration_windows(torch.arange(100), awq.AwqConfig(max_windows=0))
