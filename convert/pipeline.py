@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import gguf_io
+from ..awq import AwqConfig, quant_proxy
 from ..state import CarvqError, CarvqState
 from .atomic import atomic_output, same_file
 from .calibration import calibration_token_ids
@@ -33,6 +34,7 @@ class ConvertResult:
     head_bytes: int
     state: CarvqState
     quantized: str | None = None  # llama.cpp quantization type applied to the transformer weights
+    awq: dict | None = None       # awq.summary of the scale search, when --awq ran
 
 
 def check_paths(source: Path, out: Path) -> None:
@@ -43,6 +45,8 @@ def check_paths(source: Path, out: Path) -> None:
         raise CarvqError(f"source {source} is a file but not a .gguf file (or pass an HF model directory)")
     if out.is_dir():
         raise CarvqError(f"output {out} is a directory")
+    if not out.parent.is_dir():
+        raise CarvqError(f"output directory {out.parent} does not exist")
     if source.is_file() and same_file(source, out):
         raise CarvqError(f"refusing to overwrite the source {source}; choose another output path")
 
@@ -137,7 +141,7 @@ def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: P
 def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None,
             output_type: str | None = None, base_type: str = "auto", seed: int = 0,
             progress: bool = True, keep_base: Path | None = None, codec: Path | None = None,
-            quantize: str | None = None) -> ConvertResult:
+            quantize: str | None = None, awq: bool = False, awq_config: AwqConfig | None = None) -> ConvertResult:
     """Convert an HF model directory or a GGUF file into a CARVQ-GGUF at out.
 
     An HF directory first goes through llama.cpp's convert_hf_to_gguf.py (base_type = its
@@ -145,7 +149,8 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
     keep_base names a path to move it to (for comparison with the CARVQ-GGUF). codec, a file
     written by `carvq-gguf compress -o`, replaces compressing here (preset and calib_text unused).
     quantize (a llama.cpp type such as Q4_K_M) quantizes the transformer weights with the
-    patched llama.cpp quantizer, which leaves the CARVQ tensors as they are.
+    patched llama.cpp quantizer, which leaves the CARVQ tensors as they are. awq (needs a 4-bit
+    quantize type) first folds activation-aware scales, searched on calib_text, into the weights.
     """
     source, out = Path(source), Path(out)
     check_paths(source, out)
@@ -157,11 +162,21 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
         from .quantize import check_quantize_type
 
         check_quantize_type(quantize)
-    if source.is_file():
-        return convert_gguf(source, source, out, preset, calib_text, output_type, seed, progress, codec, quantize)
+    if awq:
+        if quantize is None:
+            raise CarvqError("--awq scales the weights for a 4-bit quantizer; give --quantize (e.g. Q4_0)")
+        awq_config = awq_config or AwqConfig()
+        awq_config.quant = quant_proxy(quantize)
     with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
-        base = hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
-        result = convert_gguf(source, base, out, preset, calib_text, output_type, seed, progress, codec, quantize)
-        if keep_base is not None:
+        base = source if source.is_file() else hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
+        scaled, awq_summary = base, None
+        if awq:
+            from .awq_fold import make_awq_base
+
+            scaled = Path(tmp) / "awq.gguf"
+            awq_summary = make_awq_base(source, base, scaled, read_calib_text(calib_text), awq_config, progress)
+        result = convert_gguf(source, scaled, out, preset, calib_text, output_type, seed, progress, codec, quantize)
+        result.base_bytes, result.awq = base.stat().st_size, awq_summary
+        if keep_base is not None and base != source:
             shutil.move(base, keep_base)
         return result

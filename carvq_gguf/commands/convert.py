@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..awq import AwqConfig
 from ..presets import PRESET_NAMES
 
 
@@ -37,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="quantize the transformer weights with llama.cpp's quantizer, e.g. Q4_K_M (needs the patched "
                         "runtime from `carvq-gguf build-runtime`); output.weight follows llama.cpp's choice "
                         "for TYPE unless --output-type is given")
+    p.add_argument("--awq", action="store_true",
+                   help="before quantizing, fold AWQ-style activation-aware scales (searched on --calib-text "
+                        "against TYPE's 4-bit blocks) into the transformer weights; needs --quantize "
+                        "Q4_0, Q4_1, Q4_K_S or Q4_K_M")
+    p.add_argument("--awq-windows", type=int, default=AwqConfig.max_windows, metavar="N",
+                   help=f"AWQ calibration windows of {AwqConfig.seq_len} tokens (default {AwqConfig.max_windows})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -52,9 +59,14 @@ def run(args: argparse.Namespace) -> int:
     result = convert(args.source, args.output, args.preset, calib_text=args.calib_text,
                      output_type=args.output_type, base_type=args.base_type, seed=args.seed,
                      progress=not args.no_progress, keep_base=args.keep_base,
-                     codec=args.codec, quantize=args.quantize)
+                     codec=args.codec, quantize=args.quantize, awq=args.awq,
+                     awq_config=AwqConfig(max_windows=args.awq_windows))
     delta = result.out_bytes - result.base_bytes
     print(f"wrote {result.out_path} ({_mb(result.out_bytes)}), verified by reading it back")
+    if result.awq:
+        a = result.awq
+        print(f"  AWQ: {a['groups']} scale groups, {a['tensors_changed']} tensors rescaled; simulated 4-bit output "
+              f"error {a['error_ratio']:.3f}x round-to-nearest on the calibration tokens")
     if result.quantized:
         print(f"  transformer weights quantized to {result.quantized} by llama.cpp; CARVQ tensors unchanged")
     print(f"  token_embd.weight {result.token_embd_type} {_mb(result.token_embd_bytes)} -> "
