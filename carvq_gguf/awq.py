@@ -8,10 +8,12 @@ computes the same function. s = mean|x|^alpha, normalised, with alpha picked fro
 minimise the output error of the linears after llama.cpp's block quantization (simulated here
 bit for bit for Q4_0, and by its asymmetric cousin Q4_1 for Q4_1 and the Q4_K mixes). alpha = 0
 (s = 1) is on the grid, so on the calibration tokens a group never does worse than rounding to
-nearest.
+nearest. Then, as in the AWQ reference code, each block of 32 weights of the scaled linears
+(q and k excepted) gets a clipping range, a fraction of its max |w| down to one half, picked to
+minimise the block's quantized output error; unlike the scales, clipping changes the float model.
 
-The search reads the model only; `fold_into_model` applies the scales to the torch model (for
-checking the fold) and `convert.awq_fold` applies the same scales to a GGUF.
+`search` runs both; `fold_into_model` / `clip_model` apply them to the torch model, and
+`convert.awq_fold` applies the same to a GGUF.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class AwqConfig:
     seq_len: int = 512            # calibration window length
     max_windows: int = 16         # calibration windows (all tokens feed mean|x|)
     search_tokens: int = 4096     # tokens kept per group for the error of each candidate
+    clip: bool = True             # also search a clipping range per block (not for q/k)
+    clip_tokens: int = 512        # tokens used by the clipping search
+    max_shrink: float = 0.5       # clipping ranges tried: block max * (1 - i / n_grid) down to this
 
 
 @dataclass
@@ -83,6 +88,29 @@ class GroupScale:
     def module_path(self, name: str) -> str:
         """HF parameter prefix of a module of this group's layer, e.g. model.layers.3.mlp.up_proj."""
         return f"model.layers.{self.layer}.{name}"
+
+
+@dataclass
+class LinearClip:
+    """The clipping range found for one linear (after scaling): |w| <= max_val per block of 32."""
+
+    layer: int
+    linear: str
+    max_val: torch.Tensor         # [out_features, in_features / 32]
+    rtn_error: float              # summed per-block output error without clipping
+    clip_error: float             # the same with max_val
+
+
+@dataclass
+class AwqResult:
+    """Everything the search found: scales (function-preserving) and clipping ranges (not)."""
+
+    scales: list[GroupScale]
+    clips: list[LinearClip]
+
+
+# clipping the query and key projections hurts attention (as in the AWQ reference code)
+NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
 
 
 def quant_proxy(type_name: str) -> str:
@@ -137,6 +165,31 @@ def search_scale(x: torch.Tensor, x_abs_mean: torch.Tensor, weight: torch.Tensor
             best = (error, alpha, s)
     assert best is not None
     return best[2], best[1], rtn_error, best[0]
+
+
+def search_clip(x: torch.Tensor, weight: torch.Tensor, quant: str, n_grid: int,
+                max_shrink: float) -> tuple[torch.Tensor, float, float]:
+    """Per block of 32 weights of weight [out, in], the clipping range (a fraction of the block's
+    max |w|) that minimises that block's contribution to the quantized output error on inputs
+    x [N, in]. Returns (max_val [out, in/32], error without clipping, error with it)."""
+    rows, cols = weight.shape
+    blocks = weight.reshape(rows, cols // QK, QK)
+    xb = x.reshape(x.shape[0], cols // QK, QK).permute(1, 0, 2)          # [blocks, N, 32]
+    block_max = blocks.abs().amax(-1)                                      # [out, blocks]
+    best_err = torch.full_like(block_max, math.inf)
+    best_max = block_max.clone()
+    unclipped = None
+    for i in range(int(max_shrink * n_grid) + 1):
+        max_val = block_max * (1 - i / n_grid)
+        clipped = torch.maximum(torch.minimum(blocks, max_val[..., None]), -max_val[..., None])
+        delta = fake_quantize(clipped.reshape(rows, cols), quant).reshape(rows, cols // QK, QK) - blocks
+        err = torch.bmm(xb, delta.permute(1, 2, 0)).pow(2).mean(1).T    # [out, blocks]
+        if unclipped is None:
+            unclipped = err
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_max = torch.where(better, max_val, best_max)
+    return best_max, float(unclipped.sum()), float(best_err.sum())
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -207,7 +260,7 @@ class _InputStats:
 
 @torch.no_grad()
 def collect_inputs(model, windows: torch.Tensor, config: AwqConfig, progress: bool) -> dict[str, _InputStats]:
-    """Input statistics of the first linear of every usable group, keyed by module path, from one
+    """Input statistics of the first linear of every group, keyed by module path, from one
     forward pass of the decoder over the calibration windows."""
     layers = decoder_layers(model)
     groups = layer_groups(model)
@@ -215,7 +268,7 @@ def collect_inputs(model, windows: torch.Tensor, config: AwqConfig, progress: bo
     stats: dict[str, _InputStats] = {}
     handles = []
     for i, layer in enumerate(layers):
-        for g in usable_groups(layer, groups):
+        for g in groups:
             path = f"model.layers.{i}.{g.linears[0]}"
             stats[path] = _InputStats(stride)
             handles.append(layer.get_submodule(g.linears[0]).register_forward_pre_hook(stats[path]))
@@ -228,19 +281,13 @@ def collect_inputs(model, windows: torch.Tensor, config: AwqConfig, progress: bo
     return stats
 
 
-def search_scales(model, token_ids: torch.Tensor, config: AwqConfig | None = None,
-                  progress: bool = True) -> list[GroupScale]:
-    """Search the AWQ scale of every usable group of every decoder layer of model (an HF causal
-    LM in float32, which is not modified) on the calibration token ids."""
-    config = config or AwqConfig()
-    windows = calibration_windows(token_ids, config)
-    print(f"[awq] {windows.shape[0]} calibration windows of {windows.shape[1]} tokens, "
-          f"simulating {config.quant.upper()}", file=sys.stderr)
-    stats = collect_inputs(model, windows, config, progress)
+def _scales_from_stats(model, stats: dict[str, _InputStats], config: AwqConfig,
+                       progress: bool) -> list[GroupScale]:
     groups = layer_groups(model)
     layers = decoder_layers(model)
     found = []
-    with tqdm(total=len(stats), desc="AWQ scale search", unit="group", disable=not progress) as bar:
+    total = sum(len(usable_groups(layer, groups)) for layer in layers)
+    with tqdm(total=total, desc="AWQ scale search", unit="group", disable=not progress) as bar:
         for i, layer in enumerate(layers):
             for g in usable_groups(layer, groups):
                 st = stats[f"model.layers.{i}.{g.linears[0]}"]
@@ -249,6 +296,70 @@ def search_scales(model, token_ids: torch.Tensor, config: AwqConfig | None = Non
                 found.append(GroupScale(i, g, scale, alpha, rtn, best))
                 bar.update(1)
     return found
+
+
+def _clips_from_stats(model, stats: dict[str, _InputStats], scales: list[GroupScale], config: AwqConfig,
+                      progress: bool) -> list[LinearClip]:
+    """Clipping ranges of every linear but q/k of the model whose scales are already folded in;
+    the inputs recorded before folding are divided by their group's scale."""
+    scale_of = {(g.layer, g.group.linears[0]): g.scale for g in scales}
+    layers = decoder_layers(model)
+    todo = [(i, g) for i in range(len(layers)) for g in layer_groups(model)]
+    found = []
+    for i, g in tqdm(todo, desc="AWQ clip search", unit="group", disable=not progress):
+        x = stats[f"model.layers.{i}.{g.linears[0]}"].sample()
+        x = x[:: max(1, x.shape[0] // config.clip_tokens)]
+        s = scale_of.get((i, g.linears[0]))
+        if s is not None:
+            x = x / s
+        for name in g.linears:
+            if name in NO_CLIP:
+                continue
+            weight = layers[i].get_submodule(name).weight.detach().float()
+            max_val, rtn, best = search_clip(x, weight, config.quant, config.n_grid, config.max_shrink)
+            found.append(LinearClip(i, name, max_val, rtn, best))
+    return found
+
+
+def search_scales(model, token_ids: torch.Tensor, config: AwqConfig | None = None,
+                  progress: bool = True) -> list[GroupScale]:
+    """Search the AWQ scale of every usable group of every decoder layer of model (an HF causal
+    LM in float32, which is not modified) on the calibration token ids."""
+    config = config or AwqConfig()
+    stats = collect_inputs(model, calibration_windows(token_ids, config), config, progress)
+    return _scales_from_stats(model, stats, config, progress)
+
+
+def search(model, token_ids: torch.Tensor, config: AwqConfig | None = None, progress: bool = True) -> AwqResult:
+    """The whole AWQ search on the calibration token ids: scales, folded into model (which
+    keeps its function), then, with config.clip, clipping ranges of the scaled weights (model is
+    left unclipped; clip_model applies them)."""
+    config = config or AwqConfig()
+    windows = calibration_windows(token_ids, config)
+    print(f"[awq] {windows.shape[0]} calibration windows of {windows.shape[1]} tokens, "
+          f"simulating {config.quant.upper()}", file=sys.stderr)
+    stats = collect_inputs(model, windows, config, progress)
+    scales = _scales_from_stats(model, stats, config, progress)
+    fold_into_model(model, scales)
+    clips = _clips_from_stats(model, stats, scales, config, progress) if config.clip else []
+    return AwqResult(scales, clips)
+
+
+def clipped(weight: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
+    """weight [out, in] with each block of 32 clamped to +-max_val [out, in/32]."""
+    rows, cols = weight.shape
+    blocks = weight.reshape(rows, cols // QK, QK)
+    bound = max_val.to(weight.dtype)[..., None]
+    return torch.maximum(torch.minimum(blocks, bound), -bound).reshape(rows, cols)
+
+
+@torch.no_grad()
+def clip_model(model, clips: list[LinearClip]) -> None:
+    """Clamp the model's weights to the clipping ranges, in place."""
+    layers = decoder_layers(model)
+    for c in clips:
+        lin = layers[c.layer].get_submodule(c.linear)
+        lin.weight.copy_(clipped(lin.weight, c.max_val))
 
 
 @torch.no_grad()
@@ -273,10 +384,15 @@ def fold_into_model(model, scales: list[GroupScale]) -> None:
             lin.weight.mul_(s[None, :].to(lin.weight.dtype))
 
 
-def summary(scales: list[GroupScale]) -> dict:
-    """Totals over all groups: summed output error with rounding to nearest and with AWQ."""
-    rtn = sum(g.rtn_error for g in scales)
-    awq = sum(g.awq_error for g in scales)
-    return {"groups": len(scales), "rtn_error": rtn, "awq_error": awq,
+def summary(result: AwqResult) -> dict:
+    """Totals: summed output error with rounding to nearest and with the scales; the same per
+    block without and with the clipping ranges."""
+    rtn = sum(g.rtn_error for g in result.scales)
+    awq = sum(g.awq_error for g in result.scales)
+    clip_rtn = sum(c.rtn_error for c in result.clips)
+    clip_best = sum(c.clip_error for c in result.clips)
+    return {"groups": len(result.scales), "rtn_error": rtn, "awq_error": awq,
             "error_ratio": awq / rtn if rtn else 1.0,
-            "unscaled_groups": sum(1 for g in scales if g.alpha == 0.0)}
+            "unscaled_groups": sum(1 for g in result.scales if g.alpha == 0.0),
+            "clipped_linears": len(result.clips),
+            "clip_error_ratio": clip_best / clip_rtn if clip_rtn else 1.0}

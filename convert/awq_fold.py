@@ -4,7 +4,8 @@ the base GGUF's tensors, before the CARVQ embedding is written and llama.cpp qua
 Scales act on input channels (columns), which llama.cpp's converter never permutes, and on the
 rows of v_proj / up_proj, which it never permutes either; RMSNorm weights are stored in the GGUF
 as the full multiplier (Gemma's 1 + w included), so every fold is a plain multiply or divide.
-Tensors a scale touches are written as F32; every other tensor keeps its bytes.
+Clipping ranges then clamp blocks of the scaled linears. Tensors that change are written as F32;
+every other tensor keeps its bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import torch
 from gguf import GGUFReader
 
 from .. import awq
@@ -39,8 +41,8 @@ def gguf_name(names: gguf.TensorNameMap, hf_module: str) -> str:
     return name
 
 
-def folded_tensors(reader: GGUFReader, scales: list[awq.GroupScale]) -> dict[str, np.ndarray]:
-    """The tensors the scales change, as new float32 arrays keyed by GGUF name."""
+def folded_tensors(reader: GGUFReader, result: awq.AwqResult) -> dict[str, np.ndarray]:
+    """The tensors the scales and clipping ranges change, as new float32 arrays keyed by GGUF name."""
     names = tensor_name_map(reader)
     tensors = {t.name: t for t in reader.tensors}
     changed: dict[str, np.ndarray] = {}
@@ -52,7 +54,7 @@ def folded_tensors(reader: GGUFReader, scales: list[awq.GroupScale]) -> dict[str
             changed[name] = dense_tensor(tensors[name])
         return changed[name]
 
-    for gs in scales:
+    for gs in result.scales:
         if gs.alpha == 0.0:
             continue  # s = 1
         s = gs.scale.double().numpy()
@@ -70,12 +72,16 @@ def folded_tensors(reader: GGUFReader, scales: list[awq.GroupScale]) -> dict[str
             if w.shape[1] != s.shape[0]:
                 raise CarvqError(f"{name} has {w.shape[1]} input channels but its AWQ scale has {s.shape[0]}")
             changed[name] = (w * s[None, :]).astype(np.float32)
+    for clip in result.clips:
+        name = gguf_name(names, f"model.layers.{clip.layer}.{clip.linear}") + ".weight"
+        changed[name] = awq.clipped(torch.from_numpy(np.array(get(name))), clip.max_val).numpy()
     return changed
 
 
-def write_awq_base(reader: GGUFReader, scales: list[awq.GroupScale], out_path: Path, progress: bool = True) -> int:
-    """Write reader's model with the scales folded in to out_path; returns how many tensors changed."""
-    changed = folded_tensors(reader, scales)
+def write_awq_base(reader: GGUFReader, result: awq.AwqResult, out_path: Path, progress: bool = True) -> int:
+    """Write reader's model with the scales folded in and the clipping applied to out_path;
+    returns how many tensors changed."""
+    changed = folded_tensors(reader, result)
     plan: TensorPlan = []
     for t in reader.tensors:
         if t.name in changed:
@@ -98,8 +104,8 @@ def make_awq_base(source: Path, base: Path, out_path: Path, calib_text: str, con
     ids = calibration_token_ids(source, calib_text)
     print(f"[awq] loading {source} in float32 with transformers", file=sys.stderr)
     model, _ = load_causal_lm(source)
-    scales = awq.search_scales(model, ids, config, progress)
+    result = awq.search(model, ids, config, progress)
     del model
-    result = awq.summary(scales)
-    result["tensors_changed"] = write_awq_base(gguf.GGUFReader(base), scales, out_path, progress)
-    return result
+    totals = awq.summary(result)
+    totals["tensors_changed"] = write_awq_base(gguf.GGUFReader(base), result, out_path, progress)
+    return totals

@@ -69,9 +69,46 @@ def test_scales_cut_simulated_error_on_outlier_channels() -> None:
     outlier_channels(model)
     scales = awq.search_scales(model, calibration_ids(model.config.vocab_size),
                                awq.AwqConfig(seq_len=64, max_windows=8), progress=False)
-    total = awq.summary(scales)
+    total = awq.summary(awq.AwqResult(scales, []))
     assert total["error_ratio"] < 0.8
     assert all(g.awq_error <= g.rtn_error for g in scales)
+
+
+def test_search_folds_scales_and_finds_clipping_ranges() -> None:
+    model = tiny_causal_lm("llama")
+    outlier_channels(model)
+    unscaled = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = calibration_ids(model.config.vocab_size)[:48][None]
+    with torch.no_grad():
+        before = model(probe).logits
+    result = awq.search(model, calibration_ids(model.config.vocab_size), awq.AwqConfig(seq_len=64, max_windows=8),
+                        progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(probe).logits, before, rtol=1e-4, atol=1e-4)  # scales only so far
+    # every linear but q/k: o, gate, up, down per layer (o reads v's heads, so it is clipped unscaled)
+    assert sorted({c.linear for c in result.clips}) == ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                        "self_attn.o_proj", "self_attn.v_proj"]
+    assert all(c.clip_error <= c.rtn_error for c in result.clips)
+    assert awq.summary(result)["clip_error_ratio"] < 1.0
+    scaled = {k: v.clone() for k, v in model.state_dict().items()}
+    awq.clip_model(model, result.clips)
+    for name, w in model.state_dict().items():
+        if "q_proj" in name or "k_proj" in name or "norm" in name:
+            assert torch.equal(w, scaled[name]), name
+    assert not torch.equal(model.state_dict()["model.layers.0.mlp.down_proj.weight"],
+                           scaled["model.layers.0.mlp.down_proj.weight"])
+    assert not torch.equal(scaled["model.layers.0.input_layernorm.weight"],
+                           unscaled["model.layers.0.input_layernorm.weight"])
+
+
+def test_clipping_never_widens_a_block() -> None:
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(100, 64, generator=torch.Generator().manual_seed(3))
+    max_val, rtn, best = awq.search_clip(x, w, "q4_0", n_grid=20, max_shrink=0.5)
+    block_max = w.reshape(8, 2, 32).abs().amax(-1)
+    assert (max_val <= block_max).all() and (max_val >= 0.5 * block_max - 1e-6).all()
+    assert best <= rtn
+    assert (awq.clipped(w, max_val).reshape(8, 2, 32).abs().amax(-1) <= max_val + 1e-7).all()
 
 
 def test_unsupported_architecture_and_type() -> None:
