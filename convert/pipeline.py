@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -165,8 +165,7 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
     if awq:
         if quantize is None:
             raise CarvqError("--awq scales the weights for a 4-bit quantizer; give --quantize (e.g. Q4_0)")
-        awq_config = awq_config or AwqConfig()
-        awq_config.quant = quant_proxy(quantize)
+        awq_config = replace(awq_config or AwqConfig(), quant=quant_proxy(quantize))
     with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
         base = source if source.is_file() else hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
         scaled, awq_summary = base, None

@@ -104,6 +104,19 @@ def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Pa
 
 
 @pytest.mark.runtime
+def test_awq_q4_k_m(sources: dict[str, Path], tmp_path: Path) -> None:
+    """Q4_K_M goes through the same path (the search simulates asymmetric Q4_1-style blocks); the
+    tiny model's 64-wide rows make llama.cpp fall back from the k-quants, as on SmolLM2's 576."""
+    result = convert(sources["llama-mha"], tmp_path / "k.gguf", "rvq-1.6", progress=False, quantize="Q4_K_M",
+                     awq=True, awq_config=SMALL)
+    out = GGUFReader(result.out_path)
+    assert out.get_field("general.file_type").contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert result.awq["tensors_changed"] > 0
+    assert_states_identical(result.state, gguf_io.read_carvq_state(out))
+    assert np.isfinite(llama_logits(result.out_path)).all()
+
+
+@pytest.mark.runtime
 def test_awq_cli(sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     calib = tmp_path / "calib.txt"
     calib.write_text("\n".join(SENTENCES * 4))
