@@ -10,6 +10,8 @@ embedding is bit-identical across them.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,6 +123,24 @@ class VariantFiles:
         return files
 
 
+def window_log_ppl(running: list[float]) -> list[float]:
+    """Per-window ln perplexity from llama-perplexity's running perplexity after each window
+    (every window scores the same number of tokens)."""
+    totals = [k * math.log(p) for k, p in enumerate(running, 1)]
+    return [t - prev for t, prev in zip(totals, [0.0, *totals[:-1]])]
+
+
+def cost_gap_standard_error(by: dict[str, dict]) -> float:
+    """Standard error, over the windows, of (CARVQ's cost on AWQ-Q4) - (its cost on the source)
+    in percentage points."""
+    def costs(carvq: str, dense: str) -> list[float]:
+        return [100 * (math.exp(a - b) - 1) for a, b in
+                zip(window_log_ppl(by[carvq]["chunk_ppl"]), window_log_ppl(by[dense]["chunk_ppl"]))]
+
+    gaps = [a - b for a, b in zip(costs("AWQ-Q4 + CARVQ", "AWQ-Q4"), costs("source + CARVQ", "source"))]
+    return statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else math.nan
+
+
 def findings(rows: list[dict]) -> dict:
     """The comparisons the report exists for, from the measured rows."""
     by = {r["name"]: r for r in rows}
@@ -137,6 +157,8 @@ def findings(rows: list[dict]) -> dict:
         "carvq_cost_rtn_percent": cost("Q4 RTN + CARVQ", "Q4 RTN"),
         "carvq_cost_awq_percent": on_awq,
         "carvq_cost_imatrix_percent": cost("Q4 imatrix + CARVQ", "Q4 imatrix"),
+        "carvq_cost_gap_points": on_awq - unquantized,
+        "carvq_cost_gap_se_points": cost_gap_standard_error(by),
         "carvq_cost_awq_within_2pp": on_awq <= unquantized + 2.0,
         "awq_carvq_size_ratio": by["AWQ-Q4 + CARVQ"]["file_bytes"] / by["source"]["file_bytes"],
     }
@@ -199,12 +221,13 @@ def markdown(data: dict, png_name: str) -> str:
               f"- AWQ-{q} perplexity {f['awq_ppl']:.3f} against round-to-nearest {f['rtn_ppl']:.3f}: "
               + ("AWQ is lower." if f["awq_beats_rtn"] else "AWQ is NOT lower."),
               f"- CARVQ adds {f['carvq_cost_unquantized_percent']:+.2f}% perplexity on the unquantized source and "
-              f"{f['carvq_cost_awq_percent']:+.2f}% on AWQ-{q} "
-              + ("(within the 2-point allowance)." if f["carvq_cost_awq_within_2pp"] else
-                 "(MORE than 2 points above the unquantized cost)."),
+              f"{f['carvq_cost_awq_percent']:+.2f}% on AWQ-{q}: {f['carvq_cost_gap_points']:+.2f} points "
+              f"(standard error {f['carvq_cost_gap_se_points']:.2f} over the windows), "
+              + ("within the 2-point allowance." if f["carvq_cost_awq_within_2pp"] else
+                 "MORE than the 2-point allowance."),
               f"- On round-to-nearest {q} it adds {f['carvq_cost_rtn_percent']:+.2f}%, on imatrix {q} "
               f"{f['carvq_cost_imatrix_percent']:+.2f}%.",
-              f"- AWQ-{q} + CARVQ is {100 * f['awq_carvq_size_ratio']:.1f}% of the source file.", "",
+              f"- AWQ-{q} + CARVQ is {100 * f['awq_carvq_size_ratio']:.1f}% of the source file.", *_tied_note(data), "",
               "## How AWQ ran", "",
               f"{a.get('groups', 0)} scale groups ({a.get('unscaled_groups', 0)} kept s = 1), "
               f"{a.get('tensors_changed', 0)} tensors rescaled; calibration {a['windows']} windows of {a['seq_len']} "
@@ -215,6 +238,18 @@ def markdown(data: dict, png_name: str) -> str:
               f"per-block error of the scaled weights to {a.get('clip_error_ratio', float('nan')):.3f}x.", "",
               f"Built and scored in {data['seconds'] / 60:.1f} minutes at commit {data['commit']}.", ""]
     return "\n".join(lines)
+
+
+def _tied_note(data: dict) -> list[str]:
+    """Why the CARVQ files are not smaller than the dense ones, when the source ties its head."""
+    by = {r["name"]: r for r in data["rows"]}
+    if by["source"]["head_type"] is not None:
+        return []
+    carvq, dense = by["AWQ-Q4 + CARVQ"], by["AWQ-Q4"]
+    return [f"- The source ties its output head to `token_embd`, so the dense files keep one "
+            f"{dense['embedding_type']} matrix for both, while the CARVQ files keep it as an explicit "
+            f"`output.weight` ({carvq['head_type']}) and add {carvq['embedding_bytes'] / 1e6:.1f} MB of CARVQ "
+            f"tensors: on a tied model CARVQ shrinks the input lookup, not the file."]
 
 
 def plot(data: dict, out: Path) -> None:
@@ -228,7 +263,10 @@ def plot(data: dict, out: Path) -> None:
     for r in data["rows"]:
         color = "tab:red" if r["embedding"] == "CARVQ" else "tab:gray"
         ax.scatter(r["file_bytes"] / 1e6, r["ppl"], color=color, marker="o" if r["weights"] == "awq" else "s")
-        ax.annotate(r["name"], (r["file_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # AWQ and imatrix points sit close together: label one above-left, the other below-right
+        offset, align = {"awq": ((-6, 6), "right"), "imatrix": ((6, -12), "left")}.get(r["weights"], ((6, 4), "left"))
+        ax.annotate(r["name"], (r["file_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=offset,
+                    ha=align, fontsize=8)
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel(f"perplexity ({data['text']}, {data['scored_tokens']} tokens)")
     ax.set_title(f"{data['source']}: {data['quantize']} weights, dense (gray) or CARVQ (red) embedding", fontsize=9)

@@ -4,10 +4,12 @@ llama-perplexity against the source on the same windows, and written as markdown
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
+from carvq_gguf import awq_report
 from carvq_gguf.awq import AwqConfig
 from carvq_gguf.awq_report import VARIANTS, AwqReportOptions, findings, run_awq_report, write_awq_report
 from carvq_gguf.eval_cache import EvalCache
@@ -15,7 +17,12 @@ from tiny_sources import SENTENCES, make_tiny_hf
 
 
 def _row(name: str, ppl: float, file_bytes: int = 100) -> dict:
-    return {"name": name, "ppl": ppl, "file_bytes": file_bytes}
+    return {"name": name, "ppl": ppl, "file_bytes": file_bytes, "chunk_ppl": [ppl, ppl]}
+
+
+def test_window_log_ppl_undoes_the_running_average() -> None:
+    running = [10.0, math.sqrt(10.0 * 40.0), (10.0 * 40.0 * 5.0) ** (1 / 3)]
+    assert awq_report.window_log_ppl(running) == pytest.approx([math.log(10), math.log(40), math.log(5)])
 
 
 def test_findings_compare_the_right_rows() -> None:
@@ -29,6 +36,8 @@ def test_findings_compare_the_right_rows() -> None:
     assert f["carvq_cost_rtn_percent"] == pytest.approx(10.0)
     assert f["carvq_cost_imatrix_percent"] == pytest.approx(10.0)
     assert f["carvq_cost_awq_within_2pp"]          # 12.0 <= 10 + 2
+    assert f["carvq_cost_gap_points"] == pytest.approx(2.0)
+    assert f["carvq_cost_gap_se_points"] == pytest.approx(0.0, abs=1e-9)  # every window agrees
     assert f["awq_carvq_size_ratio"] == pytest.approx(0.25)
     rows[5]["ppl"] = 13.5                          # 12.5 > 10 + 2
     assert not findings(rows)["carvq_cost_awq_within_2pp"]
