@@ -283,6 +283,7 @@ def collect_inputs(model, windows: torch.Tensor, config: AwqConfig, progress: bo
 
 def _scales_from_stats(model, stats: dict[str, _InputStats], config: AwqConfig,
                        progress: bool) -> list[GroupScale]:
+    """The scale of every usable group, from the recorded inputs."""
     groups = layer_groups(model)
     layers = decoder_layers(model)
     found = []

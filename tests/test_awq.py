@@ -12,7 +12,7 @@ from carvq_gguf import awq
 from carvq_gguf.state import CarvqError
 from tiny_sources import tiny_causal_lm
 
-ARCHS = ["llama", "llama-mha", "qwen2", "gemma3"]
+ARCHS = ["llama", "llama-mha", "mistral", "qwen2", "qwen3", "gemma3"]
 
 
 @pytest.mark.parametrize("quant, qtype", [("q4_0", GGMLQuantizationType.Q4_0), ("q4_1", GGMLQuantizationType.Q4_1)])

@@ -96,8 +96,9 @@ def make_synthetic_gguf(path: Path, vocab_size: int = 96, embedding_dim: int = 6
 
 def tiny_config(arch: str, vocab_size: int = 256, tied: bool = True):
     """A transformers config of a tiny random decoder: llama (grouped-query attention),
-    llama-mha (as many kv heads as heads), qwen2 (q/k/v biases) or gemma3 (text-only)."""
-    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+    llama-mha (as many kv heads as heads), mistral, qwen2 (q/k/v biases), qwen3 (q/k norms) or
+    gemma3 (text-only)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -106,8 +107,12 @@ def tiny_config(arch: str, vocab_size: int = 256, tied: bool = True):
         return LlamaConfig(**common)
     if arch == "llama-mha":
         return LlamaConfig(**{**common, "num_key_value_heads": 4})
+    if arch == "mistral":
+        return MistralConfig(**common)
     if arch == "qwen2":
         return Qwen2Config(**common)
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=16)
     if arch == "gemma3":
         return Gemma3TextConfig(**common, head_dim=16, sliding_window=32, layer_types=["sliding_attention", "full_attention"])
     raise ValueError(arch)
