@@ -217,6 +217,12 @@ def markdown(data: dict, png_name: str) -> str:
         lines.append(f"| {r['name']} | {_mb(r['file_bytes'])} | {100 * r['file_bytes'] / src:.1f}% | "
                      f"{emb} {r['embedding_bpw']:.2f} bpw | {r['ppl']:.3f} | {r['dppl_percent']:+.2f}% | "
                      f"{r['kld'] if r['kld'] > 0 else 0.0:.4f} |")
+    source = data["rows"][0]
+    if abs(source["dppl_percent"]) >= 0.05:
+        lines += ["", f"The source scores {source['dppl_percent']:+.2f}% against itself: llama-perplexity takes the "
+                      f"base perplexity ({source['base_ppl']:.3f}) from the log-probabilities it saved in 16 bits "
+                      f"(one step is the position's logit range / 65535). The ppl column, each model's own, "
+                      f"is exact; the comparisons below use it."]
     lines += ["", f"![file size against perplexity]({png_name})", "", "## What it shows", "",
               f"- AWQ-{q} perplexity {f['awq_ppl']:.3f} against round-to-nearest {f['rtn_ppl']:.3f}: "
               + ("AWQ is lower." if f["awq_beats_rtn"] else "AWQ is NOT lower."),
@@ -252,6 +258,16 @@ def _tied_note(data: dict) -> list[str]:
             f"tensors: on a tied model CARVQ shrinks the input lookup, not the file."]
 
 
+def _label_place(row: dict, rows: list[dict]) -> tuple[tuple[int, int], str]:
+    """Label offset and alignment: the AWQ and imatrix points of one embedding sit close together,
+    so the higher one is labelled above-right and the lower one below-left."""
+    partner = {"awq": "imatrix", "imatrix": "awq"}.get(row["weights"])
+    other = next((r for r in rows if r["weights"] == partner and r["embedding"] == row["embedding"]), None)
+    if other is None or row["ppl"] >= other["ppl"]:
+        return (6, 5), "left"
+    return (-6, -12), "right"
+
+
 def plot(data: dict, out: Path) -> None:
     """File size against perplexity, one labelled point per variant."""
     import matplotlib
@@ -263,10 +279,10 @@ def plot(data: dict, out: Path) -> None:
     for r in data["rows"]:
         color = "tab:red" if r["embedding"] == "CARVQ" else "tab:gray"
         ax.scatter(r["file_bytes"] / 1e6, r["ppl"], color=color, marker="o" if r["weights"] == "awq" else "s")
-        # AWQ and imatrix points sit close together: label one above-left, the other below-right
-        offset, align = {"awq": ((-6, 6), "right"), "imatrix": ((6, -12), "left")}.get(r["weights"], ((6, 4), "left"))
+        offset, align = _label_place(r, data["rows"])
         ax.annotate(r["name"], (r["file_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=offset,
                     ha=align, fontsize=8)
+    ax.margins(x=0.12, y=0.08)  # room for the labels at the edges
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel(f"perplexity ({data['text']}, {data['scored_tokens']} tokens)")
     ax.set_title(f"{data['source']}: {data['quantize']} weights, dense (gray) or CARVQ (red) embedding", fontsize=9)
