@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET,
                    help=f"one of {', '.join(PRESET_NAMES)} (default {DEFAULT_PRESET})")
     p.add_argument("--calib-text", type=Path, default=None,
-                   help="calibration text for importance weights (default: the bundled calib.txt)")
+                   help="calibration text for importance weights and --awq (default: the bundled calib.txt)")
     p.add_argument("--codec", type=Path, default=None, metavar="FILE",
                    help="use a codec written by `carvq-gguf compress -o FILE` instead of compressing again")
     p.add_argument("--output-type", default=None,
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "runtime from `carvq-gguf build-runtime`); output.weight follows llama.cpp's choice "
                         "for TYPE unless --output-type is given")
     p.add_argument("--awq", action="store_true",
-                   help="before quantizing, fold AWQ-style activation-aware scales (searched on --calib-text "
+                   help="before quantizing, fold AWQ-style activation-aware scales and clipping (searched on --calib-text "
                         "against TYPE's 4-bit blocks) into the transformer weights; needs --quantize "
                         "Q4_0, Q4_1, Q4_K_S or Q4_K_M")
     p.add_argument("--awq-windows", type=int, default=AwqConfig.max_windows, metavar="N",
