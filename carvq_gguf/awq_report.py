@@ -2,8 +2,8 @@
 all scored by llama-perplexity on the same windows against the source.
 
 Variants: the source; source + CARVQ; Q4 round to nearest (llama.cpp's quantizer as is), with a
-dense or CARVQ embedding; AWQ-Q4 (scales folded before quantizing), dense or CARVQ; Q4 with
-llama.cpp's importance matrix, dense or CARVQ. Every CARVQ variant uses one codec, so the
+dense or CARVQ embedding; AWQ-Q4 (scales folded before quantizing), dense or CARVQ, and CARVQ
+with the AWQ search run on the CARVQ model; Q4 with llama.cpp's importance matrix, dense or CARVQ. Every CARVQ variant uses one codec, so the
 embedding is bit-identical across them.
 """
 
@@ -42,6 +42,7 @@ class AwqReportOptions:
     progress: bool = True
 
 
+AWQ_ON_CARVQ = "AWQ-Q4 (calibrated with CARVQ) + CARVQ"
 # (name, embedding, weights) in report order; weights is how the transformer weights were made
 VARIANTS = (
     ("source", "dense", "source"),
@@ -50,6 +51,7 @@ VARIANTS = (
     ("Q4 RTN + CARVQ", "CARVQ", "rtn"),
     ("AWQ-Q4", "dense", "awq"),
     ("AWQ-Q4 + CARVQ", "CARVQ", "awq"),
+    (AWQ_ON_CARVQ, "CARVQ", "awq-on-carvq"),
     ("Q4 imatrix", "dense", "imatrix"),
     ("Q4 imatrix + CARVQ", "CARVQ", "imatrix"),
 )
@@ -114,6 +116,9 @@ class VariantFiles:
         files["AWQ-Q4 + CARVQ"] = self._timed("AWQ-Q4 + CARVQ", lambda out: convert(
             self.source, out, o.preset, calib_text=o.calib_text, codec=self.codec, quantize=q, awq=True,
             awq_config=o.awq, progress=o.progress))
+        files[AWQ_ON_CARVQ] = self._timed(AWQ_ON_CARVQ, lambda out: convert(
+            self.source, out, o.preset, calib_text=o.calib_text, codec=self.codec, quantize=q, awq=True,
+            awq_config=o.awq, awq_with_carvq=True, progress=o.progress))
         imatrix = self._timed("imatrix", lambda out: build_imatrix(self.source, o.calib_text, out, o.ctx,
                                                                      o.imatrix_chunks, o.threads))
         files["Q4 imatrix"] = self._timed("Q4 imatrix", lambda out: llama_quantize_imatrix(
@@ -156,6 +161,8 @@ def findings(rows: list[dict]) -> dict:
         "carvq_cost_unquantized_percent": unquantized,
         "carvq_cost_rtn_percent": cost("Q4 RTN + CARVQ", "Q4 RTN"),
         "carvq_cost_awq_percent": on_awq,
+        "awq_on_carvq_ppl": by[AWQ_ON_CARVQ]["ppl"],
+        "awq_on_carvq_cost_percent": cost(AWQ_ON_CARVQ, "AWQ-Q4"),
         "carvq_cost_imatrix_percent": cost("Q4 imatrix + CARVQ", "Q4 imatrix"),
         "carvq_cost_gap_points": on_awq - unquantized,
         "carvq_cost_gap_se_points": cost_gap_standard_error(by),
@@ -231,6 +238,9 @@ def markdown(data: dict, png_name: str) -> str:
               f"(standard error {f['carvq_cost_gap_se_points']:.2f} over the windows), "
               + ("within the 2-point allowance." if f["carvq_cost_awq_within_2pp"] else
                  "MORE than the 2-point allowance."),
+              f"- With the AWQ search run on the CARVQ model (`--awq-with-carvq`), the CARVQ file scores "
+              f"{f['awq_on_carvq_ppl']:.3f}, {f['awq_on_carvq_cost_percent']:+.2f}% over AWQ-{q} with a dense "
+              f"embedding (whose weights come from the dense search, so they differ).",
               f"- On round-to-nearest {q} it adds {f['carvq_cost_rtn_percent']:+.2f}%, on imatrix {q} "
               f"{f['carvq_cost_imatrix_percent']:+.2f}%.",
               f"- AWQ-{q} + CARVQ is {100 * f['awq_carvq_size_ratio']:.1f}% of the source file.", *_tied_note(data), "",
@@ -278,7 +288,7 @@ def plot(data: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in data["rows"]:
         color = "tab:red" if r["embedding"] == "CARVQ" else "tab:gray"
-        ax.scatter(r["file_bytes"] / 1e6, r["ppl"], color=color, marker="o" if r["weights"] == "awq" else "s")
+        ax.scatter(r["file_bytes"] / 1e6, r["ppl"], color=color, marker={"awq": "o", "awq-on-carvq": "D"}.get(r["weights"], "s"))
         offset, align = _label_place(r, data["rows"])
         ax.annotate(r["name"], (r["file_bytes"] / 1e6, r["ppl"]), textcoords="offset points", xytext=offset,
                     ha=align, fontsize=8)

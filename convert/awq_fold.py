@@ -19,7 +19,7 @@ import torch
 from gguf import GGUFReader
 
 from .. import awq
-from ..state import CarvqError
+from ..state import CarvqError, CarvqState
 from .gguf_source import TensorPlan, architecture, dense_tensor, write_model
 
 
@@ -94,16 +94,21 @@ def write_awq_base(reader: GGUFReader, result: awq.AwqResult, out_path: Path, pr
 
 
 def make_awq_base(source: Path, base: Path, out_path: Path, calib_text: str, config: awq.AwqConfig,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, embedding: CarvqState | None = None) -> dict:
     """Search AWQ scales on source (HF directory or GGUF, loaded in float32 by transformers) with
     calib_text under its own tokenizer, fold them into base (source's GGUF) and write out_path.
-    Returns awq.summary of the search, with the number of tensors changed."""
+    With embedding (the CARVQ codec the file will carry) in place of the input embedding, the
+    search sees the activations of the model as it will run. Returns awq.summary of the search,
+    with the number of tensors changed."""
     from ..hf_model import load_causal_lm
+    from ..module import replace_input_embedding
     from .calibration import calibration_token_ids
 
     ids = calibration_token_ids(source, calib_text)
     print(f"[awq] loading {source} in float32 with transformers", file=sys.stderr)
     model, _ = load_causal_lm(source)
+    if embedding is not None:
+        replace_input_embedding(model, embedding)
     result = awq.search(model, ids, config, progress)
     del model
     totals = awq.summary(result)

@@ -119,11 +119,13 @@ def write_verified(reader, state: CarvqState, tmp: Path, head, quantize: str | N
 
 def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: Path | None,
                  output_type: str | None, seed: int, progress: bool, codec: Path | None = None,
-                 quantize: str | None = None) -> ConvertResult:
-    """Compress base's token_embd (or take codec) and write out; source supplies the tokenizer."""
+                 quantize: str | None = None, state: CarvqState | None = None) -> ConvertResult:
+    """Compress base's token_embd (or take codec, or state when already made) and write out;
+    source supplies the tokenizer."""
     reader = gguf_io.open_gguf(base)
     matrix, src_type = token_embedding(reader)
-    state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
+    if state is None:
+        state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
     head = output_head(reader, matrix, output_type)
     with atomic_output(out) as tmp:
         write_verified(reader, state, tmp, head, quantize, output_type, progress)
@@ -141,7 +143,8 @@ def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: P
 def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None,
             output_type: str | None = None, base_type: str = "auto", seed: int = 0,
             progress: bool = True, keep_base: Path | None = None, codec: Path | None = None,
-            quantize: str | None = None, awq: bool = False, awq_config: AwqConfig | None = None) -> ConvertResult:
+            quantize: str | None = None, awq: bool = False, awq_config: AwqConfig | None = None,
+            awq_with_carvq: bool = False) -> ConvertResult:
     """Convert an HF model directory or a GGUF file into a CARVQ-GGUF at out.
 
     An HF directory first goes through llama.cpp's convert_hf_to_gguf.py (base_type = its
@@ -150,7 +153,8 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
     written by `carvq-gguf compress -o`, replaces compressing here (preset and calib_text unused).
     quantize (a llama.cpp type such as Q4_K_M) quantizes the transformer weights with the
     patched llama.cpp quantizer, which leaves the CARVQ tensors as they are. awq (needs a 4-bit
-    quantize type) first folds activation-aware scales, searched on calib_text, into the weights.
+    quantize type) first folds activation-aware scales, searched on calib_text, into the weights;
+    awq_with_carvq runs that search with the CARVQ embedding in place of the dense one.
     """
     source, out = Path(source), Path(out)
     check_paths(source, out)
@@ -162,19 +166,26 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
         from .quantize import check_quantize_type
 
         check_quantize_type(quantize)
+    if awq_with_carvq and not awq:
+        raise CarvqError("--awq-with-carvq changes how --awq calibrates; give --awq too")
     if awq:
         if quantize is None:
             raise CarvqError("--awq scales the weights for a 4-bit quantizer; give --quantize (e.g. Q4_0)")
         awq_config = replace(awq_config or AwqConfig(), quant=quant_proxy(quantize))
     with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
         base = source if source.is_file() else hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
-        scaled, awq_summary = base, None
+        scaled, awq_summary, state = base, None, None
         if awq:
             from .awq_fold import make_awq_base
 
+            if awq_with_carvq:
+                matrix, _ = token_embedding(gguf_io.open_gguf(base))
+                state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
             scaled = Path(tmp) / "awq.gguf"
-            awq_summary = make_awq_base(source, base, scaled, read_calib_text(calib_text), awq_config, progress)
-        result = convert_gguf(source, scaled, out, preset, calib_text, output_type, seed, progress, codec, quantize)
+            awq_summary = make_awq_base(source, base, scaled, read_calib_text(calib_text), awq_config, progress,
+                                        embedding=state)
+        result = convert_gguf(source, scaled, out, preset, calib_text, output_type, seed, progress, codec, quantize,
+                              state)
         result.base_bytes, result.awq = base.stat().st_size, awq_summary
         if keep_base is not None and base != source:
             shutil.move(base, keep_base)

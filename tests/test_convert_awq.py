@@ -104,6 +104,22 @@ def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Pa
 
 
 @pytest.mark.runtime
+def test_awq_with_carvq_calibrates_on_the_carvq_model(sources: dict[str, Path], tmp_path: Path) -> None:
+    dense = convert(sources["gemma3"], tmp_path / "dense.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
+                    awq=True, awq_config=SMALL)
+    on_carvq = convert(sources["gemma3"], tmp_path / "carvq.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
+                       awq=True, awq_config=SMALL, awq_with_carvq=True)
+    assert_states_identical(dense.state, on_carvq.state)  # the same codec either way
+    assert dense.awq["rtn_error"] != on_carvq.awq["rtn_error"]  # the search saw other activations
+    a = {t.name: np.asarray(t.data) for t in GGUFReader(dense.out_path).tensors}
+    b = {t.name: np.asarray(t.data) for t in GGUFReader(on_carvq.out_path).tensors}
+    assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("blk."))
+    assert np.isfinite(llama_logits(on_carvq.out_path)).all()
+    with pytest.raises(CarvqError, match="give --awq too"):
+        convert(sources["gemma3"], tmp_path / "x.gguf", "rvq-1.6", quantize="Q4_0", awq_with_carvq=True)
+
+
+@pytest.mark.runtime
 def test_awq_q4_k_m(sources: dict[str, Path], tmp_path: Path) -> None:
     """Q4_K_M goes through the same path (the search simulates asymmetric Q4_1-style blocks); the
     tiny model's 64-wide rows make llama.cpp fall back from the k-quants, as on SmolLM2's 576."""

@@ -27,7 +27,7 @@ def test_window_log_ppl_undoes_the_running_average() -> None:
 
 def test_findings_compare_the_right_rows() -> None:
     rows = [_row("source", 10.0, 1000), _row("source + CARVQ", 11.0), _row("Q4 RTN", 13.0),
-            _row("Q4 RTN + CARVQ", 14.3), _row("AWQ-Q4", 12.0, 400), _row("AWQ-Q4 + CARVQ", 13.44, 250),
+            _row("Q4 RTN + CARVQ", 14.3), _row("AWQ-Q4", 12.0, 400), _row("AWQ-Q4 + CARVQ", 13.44, 250), _row(awq_report.AWQ_ON_CARVQ, 13.2),
             _row("Q4 imatrix", 12.5), _row("Q4 imatrix + CARVQ", 13.75)]
     f = findings(rows)
     assert f["awq_beats_rtn"]
@@ -38,6 +38,7 @@ def test_findings_compare_the_right_rows() -> None:
     assert f["carvq_cost_awq_within_2pp"]          # 12.0 <= 10 + 2
     assert f["carvq_cost_gap_points"] == pytest.approx(2.0)
     assert f["carvq_cost_gap_se_points"] == pytest.approx(0.0, abs=1e-9)  # every window agrees
+    assert f["awq_on_carvq_cost_percent"] == pytest.approx(10.0)
     assert f["awq_carvq_size_ratio"] == pytest.approx(0.25)
     rows[5]["ppl"] = 13.5                          # 12.5 > 10 + 2
     assert not findings(rows)["carvq_cost_awq_within_2pp"]

@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Q4_0, Q4_1, Q4_K_S or Q4_K_M")
     p.add_argument("--awq-windows", type=int, default=AwqConfig.max_windows, metavar="N",
                    help=f"AWQ calibration windows of {AwqConfig.seq_len} tokens (default {AwqConfig.max_windows})")
+    p.add_argument("--awq-with-carvq", action="store_true",
+                   help="run the AWQ search with the CARVQ embedding in place, on the activations the quantized "
+                        "layers will see (on Gemma 3 270M this lowered the final perplexity by 7%%; on SmolLM2 it "
+                        "raised it by 1%%: reports/*/awq-q4.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                      output_type=args.output_type, base_type=args.base_type, seed=args.seed,
                      progress=not args.no_progress, keep_base=args.keep_base,
                      codec=args.codec, quantize=args.quantize, awq=args.awq,
-                     awq_config=AwqConfig(max_windows=args.awq_windows))
+                     awq_config=AwqConfig(max_windows=args.awq_windows), awq_with_carvq=args.awq_with_carvq)
     delta = result.out_bytes - result.base_bytes
     print(f"wrote {result.out_path} ({_mb(result.out_bytes)}), verified by reading it back")
     if result.awq:
