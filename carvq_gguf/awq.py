@@ -74,6 +74,11 @@ class AwqConfig:
     max_shrink: float = 0.5       # clipping ranges tried: block max * (1 - i / n_grid) down to this
 
 
+def module_path(layer: int, name: str) -> str:
+    """HF path of a module inside decoder layer `layer`, e.g. model.layers.3.mlp.up_proj."""
+    return f"model.layers.{layer}.{name}"
+
+
 @dataclass
 class GroupScale:
     """The scale found for one group of one layer, and what it did on the calibration tokens."""
@@ -86,8 +91,8 @@ class GroupScale:
     awq_error: float              # the same with the chosen scale
 
     def module_path(self, name: str) -> str:
-        """HF parameter prefix of a module of this group's layer, e.g. model.layers.3.mlp.up_proj."""
-        return f"model.layers.{self.layer}.{name}"
+        """HF path of a module of this group's layer, e.g. model.layers.3.mlp.up_proj."""
+        return module_path(self.layer, name)
 
 
 @dataclass
@@ -269,7 +274,7 @@ def collect_inputs(model, windows: torch.Tensor, config: AwqConfig, progress: bo
     handles = []
     for i, layer in enumerate(layers):
         for g in groups:
-            path = f"model.layers.{i}.{g.linears[0]}"
+            path = module_path(i, g.linears[0])
             stats[path] = _InputStats(stride)
             handles.append(layer.get_submodule(g.linears[0]).register_forward_pre_hook(stats[path]))
     try:
@@ -291,7 +296,7 @@ def _scales_from_stats(model, stats: dict[str, _InputStats], config: AwqConfig,
     with tqdm(total=total, desc="AWQ scale search", unit="group", disable=not progress) as bar:
         for i, layer in enumerate(layers):
             for g in usable_groups(layer, groups):
-                st = stats[f"model.layers.{i}.{g.linears[0]}"]
+                st = stats[module_path(i, g.linears[0])]
                 weight = torch.cat([layer.get_submodule(name).weight.detach().float() for name in g.linears])
                 scale, alpha, rtn, best = search_scale(st.sample(), st.mean(), weight, config.quant, config.n_grid)
                 found.append(GroupScale(i, g, scale, alpha, rtn, best))
@@ -308,7 +313,7 @@ def _clips_from_stats(model, stats: dict[str, _InputStats], scales: list[GroupSc
     todo = [(i, g) for i in range(len(layers)) for g in layer_groups(model)]
     found = []
     for i, g in tqdm(todo, desc="AWQ clip search", unit="group", disable=not progress):
-        x = stats[f"model.layers.{i}.{g.linears[0]}"].sample()
+        x = stats[module_path(i, g.linears[0])].sample()
         x = x[:: max(1, x.shape[0] // config.clip_tokens)]
         s = scale_of.get((i, g.linears[0]))
         if s is not None:

@@ -73,7 +73,7 @@ def folded_tensors(reader: GGUFReader, result: awq.AwqResult) -> dict[str, np.nd
                 raise CarvqError(f"{name} has {w.shape[1]} input channels but its AWQ scale has {s.shape[0]}")
             changed[name] = (w * s[None, :]).astype(np.float32)
     for clip in result.clips:
-        name = gguf_name(names, f"model.layers.{clip.layer}.{clip.linear}") + ".weight"
+        name = gguf_name(names, awq.module_path(clip.layer, clip.linear)) + ".weight"
         changed[name] = awq.clipped(torch.from_numpy(np.array(get(name))), clip.max_val).numpy()
     return changed
 
