@@ -23,6 +23,7 @@ from .awq import AwqConfig, quant_proxy
 from .calib import bundled_text
 from .eval_cache import EvalCache
 from .evaluate import EvalSettings, evaluate_model
+from .report import atomic_write, nonnegative
 from .state import CarvqError
 
 
@@ -223,7 +224,7 @@ def markdown(data: dict, png_name: str) -> str:
         emb = r["embedding_type"] if r["embedding_type"] != "CARVQ" else "CARVQ"
         lines.append(f"| {r['name']} | {_mb(r['file_bytes'])} | {100 * r['file_bytes'] / src:.1f}% | "
                      f"{emb} {r['embedding_bpw']:.2f} bpw | {r['ppl']:.3f} | {r['dppl_percent']:+.2f}% | "
-                     f"{r['kld'] if r['kld'] > 0 else 0.0:.4f} |")
+                     f"{nonnegative(r['kld']):.4f} |")
     source = data["rows"][0]
     if abs(source["dppl_percent"]) >= 0.05:
         lines += ["", f"The source scores {source['dppl_percent']:+.2f}% against itself: llama-perplexity takes the "
@@ -298,15 +299,8 @@ def plot(data: dict, out: Path) -> None:
     ax.set_title(f"{data['source']}: {data['quantize']} weights, dense (gray) or CARVQ (red) embedding", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with _atomic(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-
-
-def _atomic(out: Path):
-    from .convert.atomic import atomic_output
-
-    return atomic_output(Path(out))
 
 
 def write_awq_report(data: dict, out_dir: Path, stem: str = "awq-q4") -> dict[str, Path]:
@@ -314,9 +308,7 @@ def write_awq_report(data: dict, out_dir: Path, stem: str = "awq-q4") -> dict[st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"{stem}.{kind}" for kind in ("json", "md", "png")}
-    with _atomic(paths["json"]) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
+    atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
     plot(data, paths["png"])
-    with _atomic(paths["md"]) as tmp:
-        tmp.write_text(markdown(data, paths["png"].name))
+    atomic_write(paths["md"], lambda tmp: tmp.write_text(markdown(data, paths["png"].name)))
     return paths

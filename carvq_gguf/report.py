@@ -29,7 +29,7 @@ def stock_points(rows: list[dict]) -> list[dict]:
     return sorted(seen.values(), key=lambda r: r["embedding_bpw"])
 
 
-def _nonnegative(x: float) -> float:
+def nonnegative(x: float) -> float:
     """x, with the -0.0 (or rounding-negative) KL divergence of an identical model shown as 0."""
     return x if x > 0 else 0.0
 
@@ -86,7 +86,7 @@ def _table(rows: list[dict]) -> list[str]:
         written = r["embedding_type"] if r["embedding_type"] != "CARVQ" else "CARVQ tensors"
         out.append(f"| {r['name']} | {r['method']} | {written} | {r['embedding_bpw']:.3f} | "
                    f"{_mb(r['embedding_bytes'])} | {_mb(r['file_bytes'])} | {r['ppl']:.3f} ± {r['ppl_err']:.3f} | "
-                   f"{_dppl(r)} | {_nonnegative(r['kld']):.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
+                   f"{_dppl(r)} | {nonnegative(r['kld']):.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
                    f"{r['note']} |")
     return out
 
@@ -196,11 +196,11 @@ def plot(data: dict, out: Path) -> None:
     fig.suptitle(f"{data['source']['name']}: input embedding only, {st['scored_tokens']} tokens of "
                  f"{st['text_name']} in llama.cpp", fontsize=10)
     fig.tight_layout()
-    _atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
-def _atomic_write(out: Path, write) -> None:
+def atomic_write(out: Path, write) -> None:
     """Write out through write(tmp_path) with convert.atomic.atomic_output (never half-written)."""
     with atomic_output(Path(out)) as tmp:
         write(tmp)
@@ -211,7 +211,7 @@ def write_report(data: dict, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "pareto.json", "md": out_dir / "pareto.md", "png": out_dir / "pareto.png"}
-    _atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
     plot(data, paths["png"])
-    _atomic_write(paths["md"], lambda tmp: tmp.write_text(markdown(data, paths["png"].name)))
+    atomic_write(paths["md"], lambda tmp: tmp.write_text(markdown(data, paths["png"].name)))
     return paths

@@ -59,7 +59,7 @@ def plot_windows(row: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report import _atomic_write
+    from ..report import atomic_write
 
     panels = 2 if "kld" in row else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
@@ -76,7 +76,7 @@ def plot_windows(row: dict, out: Path) -> None:
     axes[0][0].grid(True, alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
-    _atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -85,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
     from ..calib import bundled_text
     from ..eval_cache import EvalCache
     from ..evaluate import EvalSettings, evaluate_model
-    from ..report import _atomic_write
+    from ..report import atomic_write
 
     text = args.text if args.text is not None else bundled_text("eval.txt")
     settings = EvalSettings(text, args.ctx, args.windows or None, args.threads)
     row = evaluate_model(args.model, settings, base=args.base, cache=EvalCache(args.cache_dir))
     print(format_result(row))
     if args.json is not None:
-        _atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(row, indent=1) + "\n"))
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(row, indent=1) + "\n"))
     if args.plot is not None:
         plot_windows(row, args.plot)
     return 0
