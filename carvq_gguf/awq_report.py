@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,6 @@ from .calib import bundled_text
 from .eval_cache import EvalCache
 from .evaluate import EvalSettings, evaluate_model
 from .report import atomic_write, nonnegative
-from .state import CarvqError
 
 
 @dataclass
@@ -58,17 +56,6 @@ VARIANTS = (
 )
 
 
-def llama_quantize_imatrix(src: Path, dst: Path, type_name: str, imatrix: Path, threads: int) -> None:
-    """llama-quantize --imatrix (the patched build, which copies CARVQ tensors unchanged)."""
-    from .variants import tool
-
-    cmd = [str(tool("llama-quantize")), "--allow-requantize", "--imatrix", str(imatrix), str(src), str(dst),
-           type_name, str(threads)]
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    if result.returncode != 0 or not dst.is_file():
-        raise CarvqError(f"llama-quantize --imatrix failed (exit {result.returncode}):\n{result.stdout[-3000:]}")
-
-
 class VariantFiles:
     """Builds the variant files of one source in a work directory, timing each step."""
 
@@ -92,7 +79,7 @@ class VariantFiles:
         from .convert.awq_fold import make_awq_base
         from .convert.pipeline import convert, read_calib_text
         from .convert.quantize import quantize_gguf
-        from .variants import build_imatrix
+        from .variants import build_imatrix, quantize_with_imatrix
 
         o, q = self.options, self.options.quantize
         files = {"source": self.source}
@@ -122,9 +109,9 @@ class VariantFiles:
             awq_config=o.awq, awq_with_carvq=True, progress=o.progress))
         imatrix = self._timed("imatrix", lambda out: build_imatrix(self.source, o.calib_text, out, o.ctx,
                                                                      o.imatrix_chunks, o.threads))
-        files["Q4 imatrix"] = self._timed("Q4 imatrix", lambda out: llama_quantize_imatrix(
+        files["Q4 imatrix"] = self._timed("Q4 imatrix", lambda out: quantize_with_imatrix(
             self.source, out, q, imatrix, o.threads))
-        files["Q4 imatrix + CARVQ"] = self._timed("Q4 imatrix + CARVQ", lambda out: llama_quantize_imatrix(
+        files["Q4 imatrix + CARVQ"] = self._timed("Q4 imatrix + CARVQ", lambda out: quantize_with_imatrix(
             files["source + CARVQ"], out, q, imatrix, o.threads))
         return files
 

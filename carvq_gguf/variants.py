@@ -123,9 +123,22 @@ def build_imatrix(model: Path, calib_text: Path, out: Path, ctx: int = 512, chun
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
     print(f"[pareto] llama-imatrix on {Path(calib_text).name}", file=sys.stderr)
+    return run_tool(cmd, Path(out), "llama-imatrix")
+
+
+def quantize_with_imatrix(src: Path, dst: Path, type_name: str, imatrix: Path, threads: int = 2) -> str:
+    """llama-quantize --imatrix of a whole model (the patched build copies CARVQ tensors
+    unchanged); returns the log."""
+    cmd = [str(tool("llama-quantize")), "--allow-requantize", "--imatrix", str(imatrix), str(src), str(dst),
+           type_name, str(threads)]
+    return run_tool(cmd, Path(dst), "llama-quantize --imatrix")
+
+
+def run_tool(cmd: list[str], out: Path, what: str) -> str:
+    """Run a llama.cpp tool that must write out; its log, or CarvqError with the log's end."""
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    if result.returncode != 0 or not Path(out).is_file():
-        raise CarvqError(f"llama-imatrix failed (exit {result.returncode}):\n{_tail(result.stdout, 25)}")
+    if result.returncode != 0 or not out.is_file():
+        raise CarvqError(f"{what} failed (exit {result.returncode}):\n{_tail(result.stdout, 25)}")
     return result.stdout
 
 
