@@ -89,12 +89,12 @@ class VariantFiles:
             self.codec = self.work / "embedding.carvq"
             save_codec(result.state, self.codec)
 
+        scaled = self.work / "awq-scaled-f32.gguf"  # what `convert --awq` quantizes, searched once for both
+
         def awq_dense(out: Path) -> None:
-            scaled = self.work / "awq-scaled-f32.gguf"
             self.awq_summary = make_awq_base(self.source, self.source, scaled, read_calib_text(o.calib_text),
                                              o.awq, o.progress)
             quantize_gguf(scaled, out, q, None, o.threads)
-            scaled.unlink()
 
         files["source + CARVQ"] = self._timed("source + CARVQ", carvq)
         files["Q4 RTN"] = self._timed("Q4 RTN", lambda out: quantize_gguf(self.source, out, q, None, o.threads))
@@ -102,8 +102,7 @@ class VariantFiles:
             self.source, out, o.preset, codec=self.codec, quantize=q, progress=o.progress))
         files["AWQ-Q4"] = self._timed("AWQ-Q4", awq_dense)
         files["AWQ-Q4 + CARVQ"] = self._timed("AWQ-Q4 + CARVQ", lambda out: convert(
-            self.source, out, o.preset, calib_text=o.calib_text, codec=self.codec, quantize=q, awq=True,
-            awq_config=o.awq, progress=o.progress))
+            scaled, out, o.preset, codec=self.codec, quantize=q, progress=o.progress))
         files[AWQ_ON_CARVQ] = self._timed(AWQ_ON_CARVQ, lambda out: convert(
             self.source, out, o.preset, calib_text=o.calib_text, codec=self.codec, quantize=q, awq=True,
             awq_config=o.awq, awq_with_carvq=True, progress=o.progress))
