@@ -49,25 +49,29 @@ class CarvqEmbedding(nn.Module):
         slot[state.correction_ids.long()] = torch.arange(state.n_correction_rows)
         self.register_buffer("correction_slot", slot)
 
+    def _numbered(self, layer: str, count: int, part: str) -> list[torch.Tensor]:
+        """The buffers {layer}0_{part}, {layer}1_{part}, ... registered in __init__."""
+        return [getattr(self, f"{layer}{i}_{part}") for i in range(count)]
+
     @property
     def weights(self) -> list[torch.Tensor]:
         """F16 weights [out, in] of the adaptor's linear layers, first to last."""
-        return [getattr(self, f"linear{i}_weight") for i in range(self.n_linears)]
+        return self._numbered("linear", self.n_linears, "weight")
 
     @property
     def biases(self) -> list[torch.Tensor]:
         """F32 biases of the adaptor's linear layers."""
-        return [getattr(self, f"linear{i}_bias") for i in range(self.n_linears)]
+        return self._numbered("linear", self.n_linears, "bias")
 
     @property
     def norm_weights(self) -> list[torch.Tensor]:
         """F32 LayerNorm weights, one per hidden layer."""
-        return [getattr(self, f"norm{i}_weight") for i in range(self.n_norms)]
+        return self._numbered("norm", self.n_norms, "weight")
 
     @property
     def norm_biases(self) -> list[torch.Tensor]:
         """F32 LayerNorm biases, one per hidden layer."""
-        return [getattr(self, f"norm{i}_bias") for i in range(self.n_norms)]
+        return self._numbered("norm", self.n_norms, "bias")
 
     @classmethod
     def from_state(cls, state: CarvqState) -> "CarvqEmbedding":
