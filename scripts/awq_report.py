@@ -6,7 +6,8 @@
     .venv/bin/python scripts/awq_report.py MODEL.gguf -o DIR
 
 Needs the patched runtime and tools (`carvq-gguf build-runtime`). Perplexity runs are cached by
-content hash; the variant files are rebuilt every run (about 15 minutes for SmolLM2 on 2 cores).
+content hash; the variant files are rebuilt every run (about 10 minutes for SmolLM2, 20 for Gemma,
+on 2 cores).
 """
 
 from __future__ import annotations
