@@ -27,10 +27,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 from . import sdist
-from .state import CarvqError
+from .errors import CarvqError
 
 PATCHES_DIR = Path(__file__).resolve().parent.parent / "patches"
 CMAKE_ARGS = "-DGGML_NATIVE=ON"
@@ -83,6 +81,8 @@ def _run_logged(cmd: list[str], log: Path, desc: str, cwd: Path | None = None,
     """Run cmd, appending its output to log; a tqdm bar follows ninja's [i/n] steps.
 
     CarvqError with the end of the log if the command fails."""
+    from tqdm import tqdm  # imported here: fetching and patching the sdist needs only the stdlib
+
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f, tqdm(total=0, desc=desc, unit="step", file=sys.stderr) as bar:
         f.write(f"$ {' '.join(cmd)}\n")

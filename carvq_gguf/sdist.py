@@ -13,7 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from .state import CarvqError
+from .errors import CarvqError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
@@ -43,8 +43,10 @@ def ensure_sdist() -> Path:
     archive = dest / SDIST_NAME
     if not archive.exists():
         dest.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(dest)]
+        # pip prepares an sdist's metadata even for `download`; build isolation lets it fetch the
+        # sdist's build backend (scikit-build-core) itself, so a fresh environment needs nothing.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
+               f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(dest)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not archive.exists():
             raise CarvqError(f"could not download {SDIST_NAME} with pip:\n{result.stderr[-2000:]}")

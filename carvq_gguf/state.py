@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import CarvqError
+
 GROUP_LAYOUTS = ("column", "block")
-
-
-class CarvqError(ValueError):
-    """Bad input or inconsistent CARVQ data; the message names the problem."""
 
 
 @dataclass(frozen=True)
