@@ -1,15 +1,21 @@
 """The CARVQ runtime: llama-cpp-python with patches/ applied, built once and cached.
 
+One compile serves both products. `pip wheel` builds the patched llama-cpp-python in a
+scikit-build-core build directory that is kept; the same CMake tree is then reconfigured with
+llama.cpp's tools enabled and only the four tool targets are built, so ggml and llama are
+compiled once and the tools run exactly the code the wheel ships.
+
 Layout under sdist.cache_dir():
-    wheels/<key>/llama_cpp_python-*.whl   the built wheel (patched, or stock for the "stock" key)
-    tools/<key>/llama-perplexity ...      llama.cpp's own tools from the same patched tree
+    wheels/<key>/llama_cpp_python-*.whl   the built wheel (patched, or stock)
+    tools/<key>/llama-perplexity ...      llama.cpp's tools with the shared libraries they load
     stock/<key>/llama_cpp/                the stock wheel unpacked, for stock_python_env()
     logs/                                 full build logs
 
-<key> = sdist sha256 + sha256 of the patch series (or "stock") + interpreter tag + platform. A
-cached entry is complete when its directory exists: everything is built in a temporary
-directory next to it and renamed into place at the end, so nothing half-built is ever used.
-The wheel is built with -DGGML_NATIVE=ON, i.e. for this machine's CPU.
+<key> = sdist sha256 + patch-series hash (or "stock") + hash of the build flags (CMAKE_ARGS and,
+for a native build, the CPU's feature flags) + interpreter tag + platform, so a cache shared
+between machines never hands out a build for another CPU or other GPU flags. A cached entry is
+complete when its directory exists: everything is built in a scratch directory and renamed into
+place at the end, so nothing half-built is ever used.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -24,21 +31,28 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
 from . import sdist
 from .errors import CarvqError
+from .patches import PATCHES_DIR
 
-PATCHES_DIR = Path(__file__).resolve().parent.parent / "patches"
-CMAKE_ARGS = "-DGGML_NATIVE=ON"
 TOOLS = ("llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix")
+# Our defaults come first in CMAKE_ARGS so that a user's own -D flags, appended after, win.
+# $ORIGIN build rpaths make the tools' directory relocatable into the cache.
+DEFAULT_CMAKE_ARGS = ("-DGGML_NATIVE=ON", "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON")
+# Enabling llama.cpp's tools adds tools/mtmd, which llama-cpp-python's CMakeLists adds itself when
+# LLAVA_BUILD is on; the reconfigure for the tools turns that copy off (the wheel is already built).
+TOOLS_CMAKE_ARGS = ("-DLLAMA_BUILD_TOOLS=ON", "-DLLAVA_BUILD=OFF")
 # What llama_cpp itself imports, and what llama_cpp.server needs (the sdist's "server" extra).
 RUNTIME_DEPS = ("typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3")
 SERVER_DEPS = ("uvicorn>=0.22.0", "fastapi>=0.100.0", "pydantic-settings>=2.0.1", "sse-starlette>=1.6.1",
                "starlette-context>=0.3.6,<0.4", "PyYAML>=5.1")
 STAMP = "carvq_patches.txt"  # written into the patched llama_cpp package: the patch-series hash
 _NINJA_STEP = re.compile(r"\[(\d+)/(\d+)\]")
+_NATIVE_OFF = re.compile(r"-DGGML_NATIVE(?::BOOL)?=(OFF|0|FALSE|NO|N)\b", re.IGNORECASE)
 
 
 def patch_files(patches_dir: Path = PATCHES_DIR) -> list[Path]:
@@ -69,11 +83,44 @@ def patches_hash(patches_dir: Path = PATCHES_DIR) -> str:
     return digest.hexdigest()
 
 
-def build_key(stock: bool = False, patches_dir: Path = PATCHES_DIR) -> str:
-    """Cache key of a build: sdist hash, patch hash (or 'stock'), interpreter tag, platform."""
+def cmake_args(environ: dict[str, str] | None = None) -> str:
+    """CMAKE_ARGS for the build: our defaults, then the user's own CMAKE_ARGS (which therefore win,
+    e.g. -DGGML_CUDA=on or -DGGML_NATIVE=OFF)."""
+    user = (os.environ if environ is None else environ).get("CMAKE_ARGS", "").strip()
+    return " ".join([*DEFAULT_CMAKE_ARGS, user]).strip()
+
+
+def cpu_features() -> str:
+    """What a -march=native build depends on: the CPU's instruction-set flags (Linux /proc/cpuinfo,
+    macOS sysctl), or the processor name where neither is available."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features", "isa"):  # x86, arm, riscv
+                return f"{platform.machine()}: {' '.join(sorted(value.split()))}"
+    if sys.platform == "darwin":
+        result = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string", "machdep.cpu.features"],
+                                capture_output=True, text=True)
+        if result.returncode == 0:
+            return f"{platform.machine()}: {result.stdout.strip()}"
+    return f"{platform.machine()}: {platform.processor()}"
+
+
+def flags_hash(args: str) -> str:
+    """Short hash of everything that changes the compiled binary besides sources: the CMake
+    arguments and, unless the user turned GGML_NATIVE off, this CPU's features."""
+    native = _NATIVE_OFF.search(args) is None
+    payload = args + "\0" + (cpu_features() if native else "portable")
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def build_key(stock: bool = False, patches_dir: Path = PATCHES_DIR, environ: dict[str, str] | None = None) -> str:
+    """Cache key of a build: sdist hash, patch hash (or 'stock'), build flags, interpreter tag, platform."""
     patches = "stock" if stock else patches_hash(patches_dir)[:16]
-    platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
-    return f"{sdist.SDIST_SHA256[:16]}-{patches}-{sys.implementation.cache_tag}-{platform}"
+    plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    return (f"{sdist.SDIST_SHA256[:16]}-{patches}-{flags_hash(cmake_args(environ))}-"
+            f"{sys.implementation.cache_tag}-{plat}")
 
 
 def _run_logged(cmd: list[str], log: Path, desc: str, cwd: Path | None = None,
@@ -137,9 +184,10 @@ def require_programs(*names: str) -> None:
         raise CarvqError(f"building the runtime needs {', '.join(missing)} on PATH (apt-get install {' '.join(missing)})")
 
 
-def _build_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["CMAKE_ARGS"] = CMAKE_ARGS
+def build_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the build commands: the caller's, with CMAKE_ARGS extended (not replaced)."""
+    env = dict(os.environ if environ is None else environ)
+    env["CMAKE_ARGS"] = cmake_args(env)
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
     return env
 
@@ -160,28 +208,61 @@ def _scratch(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
 
 
+def _collect_tools(bin_dir: Path, out: Path) -> None:
+    """Copy the built tools and the shared libraries beside them (symlinks kept) into out."""
+    out.mkdir()
+    for name in TOOLS:
+        if not (bin_dir / name).is_file():
+            raise CarvqError(f"the tools build produced no {name} in {bin_dir}")
+        shutil.copy2(bin_dir / name, out / name)
+    for lib in bin_dir.glob("*.so*"):
+        shutil.copy2(lib, out / lib.name, follow_symlinks=False)
+    for lib in bin_dir.glob("*.dylib"):
+        shutil.copy2(lib, out / lib.name, follow_symlinks=False)
+
+
+def _compile(stock: bool) -> None:
+    """Build the wheel and, for the patched tree, the tools from the same CMake build directory."""
+    key = build_key(stock)
+    cache = sdist.cache_dir()
+    wheel_final, tools_final = cache / "wheels" / key, cache / "tools" / key
+    if wheel_final.exists() and (stock or tools_final.exists()):
+        return
+    require_programs("git", "cmake", "c++")
+    env = build_env()
+    what = "stock" if stock else "patched"
+    log = cache / "logs" / f"build-{key}.log"
+    log.unlink(missing_ok=True)
+    scratch = _scratch("build")
+    try:
+        tree = unpack_sdist(scratch / "src")
+        if not stock:
+            apply_patches(tree, patch_files())
+            (tree / "llama_cpp" / STAMP).write_text(patches_hash() + "\n")
+        build_dir, wheel_out = scratch / "build", scratch / "wheel"
+        print(f"[build-runtime] compiling {what} llama-cpp-python {sdist.LLAMA_CPP_PYTHON_VERSION}"
+              f"{'' if stock else ' and ' + ', '.join(TOOLS)} with CMAKE_ARGS={env['CMAKE_ARGS']!r} "
+              f"(several minutes; log: {log})", file=sys.stderr)
+        start = time.monotonic()
+        _run_logged([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheel_out),
+                     f"--config-settings=build-dir={build_dir}", str(tree)], log, f"{what} wheel", env=env)
+        if not stock:
+            _run_logged(["cmake", "-S", str(tree), "-B", str(build_dir), *TOOLS_CMAKE_ARGS],
+                        log, "configure tools", env=env)
+            _run_logged(["cmake", "--build", str(build_dir), "--config", "Release",
+                         "-j", env["CMAKE_BUILD_PARALLEL_LEVEL"], "--target", *TOOLS], log, "tools", env=env)
+            _collect_tools(build_dir / "bin", scratch / "tools")
+            _publish(scratch / "tools", tools_final)
+        _publish(wheel_out, wheel_final)
+        print(f"[build-runtime] {what} build took {(time.monotonic() - start) / 60:.1f} min", file=sys.stderr)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def build_wheel(stock: bool = False) -> Path:
     """The cached llama-cpp-python wheel (patched, or stock), built if missing."""
-    key = build_key(stock)
-    final = sdist.cache_dir() / "wheels" / key
-    if not final.exists():
-        require_programs("git", "cmake", "c++")
-        scratch = _scratch("wheel")
-        try:
-            tree = unpack_sdist(scratch / "src")
-            if not stock:
-                apply_patches(tree, patch_files())
-                (tree / "llama_cpp" / STAMP).write_text(patches_hash() + "\n")
-            out = scratch / "out"
-            log = sdist.cache_dir() / "logs" / f"wheel-{key}.log"
-            log.unlink(missing_ok=True)
-            print(f"[build-runtime] building {'stock' if stock else 'patched'} llama-cpp-python "
-                  f"{sdist.LLAMA_CPP_PYTHON_VERSION} (several minutes; log: {log})", file=sys.stderr)
-            _run_logged([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(tree)],
-                        log, "wheel", env=_build_env())
-            _publish(out, final)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    _compile(stock)
+    final = sdist.cache_dir() / "wheels" / build_key(stock)
     wheels = sorted(final.glob("llama_cpp_python-*.whl"))
     if len(wheels) != 1:
         raise CarvqError(f"{final} should hold exactly one wheel; delete it and rebuild")
@@ -189,42 +270,13 @@ def build_wheel(stock: bool = False) -> Path:
 
 
 def build_tools() -> Path:
-    """Directory with llama.cpp's TOOLS built (static) from the same patched tree, built if missing."""
-    key = build_key()
-    final = sdist.cache_dir() / "tools" / key
-    if not final.exists():
-        require_programs("git", "cmake", "c++")
-        scratch = _scratch("tools")
-        try:
-            tree = unpack_sdist(scratch / "src")
-            apply_patches(tree, patch_files())
-            build = scratch / "build"
-            log = sdist.cache_dir() / "logs" / f"tools-{key}.log"
-            log.unlink(missing_ok=True)
-            print(f"[build-runtime] building {', '.join(TOOLS)} (several minutes; log: {log})", file=sys.stderr)
-            generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-            _run_logged(["cmake", "-S", str(tree / "vendor" / "llama.cpp"), "-B", str(build), *generator,
-                         "-DCMAKE_BUILD_TYPE=Release", CMAKE_ARGS, "-DBUILD_SHARED_LIBS=OFF",
-                         "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                         "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF"],
-                        log, "configure tools")
-            _run_logged(["cmake", "--build", str(build), "--config", "Release", "-j", str(os.cpu_count() or 2),
-                         "--target", *TOOLS], log, "tools")
-            out = scratch / "out"
-            out.mkdir()
-            for name in TOOLS:
-                found = [p for p in build.rglob(name) if p.is_file() and os.access(p, os.X_OK)]
-                if not found:
-                    raise CarvqError(f"the tools build produced no {name}; see {log}")
-                shutil.copy2(found[0], out / name)
-            _publish(out, final)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return final
+    """Directory with llama.cpp's TOOLS from the patched tree (and the libraries they load)."""
+    _compile(stock=False)
+    return sdist.cache_dir() / "tools" / build_key()
 
 
 def tool_path(name: str) -> Path:
-    """Path of a built llama.cpp tool (one of TOOLS), building the tools if needed."""
+    """Path of a built llama.cpp tool (one of TOOLS), building the runtime if needed."""
     if name not in TOOLS:
         raise CarvqError(f"unknown tool {name!r}; built tools are {', '.join(TOOLS)}")
     return build_tools() / name
@@ -256,9 +308,9 @@ def install_wheel(wheel: Path, with_server: bool = True) -> None:
             raise CarvqError(f"pip failed: {' '.join(cmd)}\n{result.stderr[-2000:]}")
 
 
-def ensure_runtime(with_tools: bool = True) -> None:
-    """Build (or take from the cache) the patched wheel, install it unless already installed, and
-    build the tools. A repeat run with nothing to do takes seconds."""
+def ensure_runtime() -> Path:
+    """Build (or take from the cache) the patched wheel and tools, and install the wheel unless it
+    is already installed. A repeat run with nothing to do takes seconds. Returns the tools dir."""
     wheel = build_wheel()
     if is_patched():
         print(f"[build-runtime] patched llama-cpp-python already installed ({wheel.name})", file=sys.stderr)
@@ -267,9 +319,9 @@ def ensure_runtime(with_tools: bool = True) -> None:
         install_wheel(wheel)
         if not is_patched():
             raise CarvqError("installed the patched wheel but the installed llama_cpp carries no matching stamp")
-    if with_tools:
-        tools = build_tools()
-        print(f"[build-runtime] tools in {tools}", file=sys.stderr)
+    tools = build_tools()
+    print(f"[build-runtime] tools in {tools}", file=sys.stderr)
+    return tools
 
 
 def stock_package_dir() -> Path:
@@ -277,8 +329,7 @@ def stock_package_dir() -> Path:
 
     Put it first on PYTHONPATH (see stock_python_env) to import the stock build instead of the
     patched one installed in the environment."""
-    key = build_key(stock=True)
-    final = sdist.cache_dir() / "stock" / key
+    final = sdist.cache_dir() / "stock" / build_key(stock=True)
     if not final.exists():
         wheel = build_wheel(stock=True)
         scratch = _scratch("stock")
