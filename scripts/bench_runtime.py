@@ -32,10 +32,11 @@ import torch
 from gguf import GGUFReader
 from tqdm import tqdm
 
-from carvq_gguf import runtime, variants
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.convert import gguf_source
-from carvq_gguf.state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
+from carvq_gguf.runtime import build as runtime
+from carvq_gguf.eval import variants
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.gguf import rewrite as gguf_source
+from carvq_gguf.codec.state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
 
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from carvq_gguf.state import AdaptorConfig, CarvqState, RvqConfig
+from carvq_gguf.codec.state import AdaptorConfig, CarvqState, RvqConfig
 
 
 def make_random_state(vocab_size: int = 96, embedding_dim: int = 64, levels: int = 2,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, quants
 
-from carvq_gguf import awq
-from carvq_gguf.state import CarvqError
+from carvq_gguf.awq import search as awq
+from carvq_gguf.codec.state import CarvqError
 from tiny_sources import tiny_causal_lm
 
 ARCHS = ["llama", "llama-mha", "mistral", "qwen2", "qwen3", "gemma3"]

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from carvq_gguf.cli import main
-from carvq_gguf.codec_io import load_codec
-from carvq_gguf.module import CarvqEmbedding
+from carvq_gguf.cli.main import main
+from carvq_gguf.codec.codec_file import load_codec
+from carvq_gguf.codec.embedding import CarvqEmbedding
 
 from conftest import save_tiny_llama
 

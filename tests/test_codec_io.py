@@ -2,13 +2,13 @@
 
 import torch
 
-from carvq_gguf.bits import bpw
-from carvq_gguf.calib import token_weights
-from carvq_gguf.codec_io import load_codec, save_codec
-from carvq_gguf.compress import compress_matrix, rvq_only, without_corrections
-from carvq_gguf.module import CarvqEmbedding
-from carvq_gguf.presets import Preset, PRESETS, TrainConfig
-from carvq_gguf.state import AdaptorConfig, RvqConfig
+from carvq_gguf.codec.bits import bpw
+from carvq_gguf.codec.importance import token_weights
+from carvq_gguf.codec.codec_file import load_codec, save_codec
+from carvq_gguf.codec.compress import compress_matrix, rvq_only, without_corrections
+from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.codec.presets import Preset, PRESETS, TrainConfig
+from carvq_gguf.codec.state import AdaptorConfig, RvqConfig
 
 from conftest import make_random_state
 

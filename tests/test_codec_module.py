@@ -2,8 +2,8 @@
 
 import torch
 
-from carvq_gguf.module import CarvqEmbedding, replace_input_embedding
-from carvq_gguf.state import CarvqState
+from carvq_gguf.codec.embedding import CarvqEmbedding, replace_input_embedding
+from carvq_gguf.codec.state import CarvqState
 
 from conftest import make_random_state, save_tiny_llama
 

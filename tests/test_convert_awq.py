@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from carvq_gguf import awq, gguf_io
-from carvq_gguf.cli import main
+from carvq_gguf.awq import search as awq
+from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.cli.main import main
 from carvq_gguf.convert.awq_fold import write_awq_base
 from carvq_gguf.convert.hf_source import hf_to_gguf
 from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.hf_model import load_causal_lm
-from carvq_gguf.state import CarvqError
+from carvq_gguf.hf.model import load_causal_lm
+from carvq_gguf.codec.state import CarvqError
 from test_gguf_io import assert_states_identical
 from tiny_sources import SENTENCES, make_tiny_hf_arch
 

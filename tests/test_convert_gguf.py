@@ -10,11 +10,11 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, quants
 
-from carvq_gguf import gguf_io
-from carvq_gguf.convert import gguf_source
-from carvq_gguf.convert.atomic import atomic_output
+from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.gguf import rewrite as gguf_source
+from carvq_gguf.atomic import atomic_output
 from carvq_gguf.convert.pipeline import check_paths
-from carvq_gguf.state import CarvqError
+from carvq_gguf.codec.state import CarvqError
 from conftest import make_random_state
 from test_gguf_io import assert_states_identical
 from tiny_sources import make_synthetic_gguf

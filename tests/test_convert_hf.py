@@ -9,13 +9,13 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from carvq_gguf import gguf_io
-from carvq_gguf.cli import main
-from carvq_gguf.commands.inspect import inspect_file
-from carvq_gguf.convert.calibration import calibration_token_ids
+from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.cli.main import main
+from carvq_gguf.cli.inspect import inspect_file
+from carvq_gguf.hf.calibration import calibration_token_ids
 from carvq_gguf.convert.hf_source import hf_to_gguf
 from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.state import CarvqError
+from carvq_gguf.codec.state import CarvqError
 from test_convert_gguf import raw_fields, raw_tensors
 from test_gguf_io import assert_states_identical
 from tiny_sources import SENTENCES, make_tiny_hf
@@ -70,7 +70,7 @@ def test_hf_untied_has_no_extra_head(converted: dict) -> None:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_hf_conversion_reads_back_identically(converted: dict, tied: bool) -> None:
-    from carvq_gguf.module import CarvqEmbedding
+    from carvq_gguf.codec.embedding import CarvqEmbedding
 
     result, _, _ = converted[tied]
     back = gguf_io.load_carvq_state(result.out_path)
@@ -143,7 +143,7 @@ def test_cli_convert_reports_size_change(converted: dict, tmp_path: Path, capsys
 
 
 def test_convert_with_a_saved_codec(converted: dict, tmp_path: Path) -> None:
-    from carvq_gguf.codec_io import save_codec
+    from carvq_gguf.codec.codec_file import save_codec
 
     result0, _, base = converted[True]
     save_codec(result0.state, tmp_path / "codec.pt")

@@ -9,11 +9,12 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from carvq_gguf import gguf_io, presets
-from carvq_gguf.commands.inspect import inspect_file
+from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.codec import presets
+from carvq_gguf.cli.inspect import inspect_file
 from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.state import AdaptorConfig, RvqConfig
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.codec.state import AdaptorConfig, RvqConfig
 from test_convert_gguf import raw_fields, raw_tensors
 
 
@@ -24,7 +25,7 @@ FAST = presets.Preset("test-fast", None, RvqConfig(subvector_dim=8, codebook_bit
 
 @pytest.mark.slow
 def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from carvq_gguf.module import CarvqEmbedding
+    from carvq_gguf.codec.embedding import CarvqEmbedding
 
     monkeypatch.setitem(presets.PRESETS, FAST.name, FAST)
     source = smollm2_gguf()

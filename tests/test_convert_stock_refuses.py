@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import runtime
+from carvq_gguf.runtime import build as runtime
 from carvq_gguf.convert.pipeline import convert
 from tiny_sources import make_tiny_hf
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import eval_cache
+from carvq_gguf.eval import cache as eval_cache
 from carvq_gguf.errors import CarvqError
-from carvq_gguf.eval_cache import EvalCache, codec_code_version, content_hash, hash_key
-from carvq_gguf.evaluate import EvalSettings
+from carvq_gguf.eval.cache import EvalCache, codec_code_version, content_hash, hash_key
+from carvq_gguf.eval.evaluate import EvalSettings
 
 
 def test_hash_key_depends_on_every_part() -> None:

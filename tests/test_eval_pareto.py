@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf.eval_cache import EvalCache
-from carvq_gguf.gguf_tensors import read_summary
-from carvq_gguf.pareto import ParetoOptions, run_pareto
-from carvq_gguf.report import write_report
-from carvq_gguf import variants
+from carvq_gguf.eval.cache import EvalCache
+from carvq_gguf.gguf.summary import read_summary
+from carvq_gguf.eval.pareto import ParetoOptions, run_pareto
+from carvq_gguf.eval.pareto_report import write_report
+from carvq_gguf.eval import variants
 from tiny_sources import SENTENCES, make_tiny_hf
 
 pytestmark = pytest.mark.runtime
@@ -126,7 +126,7 @@ def test_imatrix_is_built_on_calibration_text_and_reported(tiny_source: Path, te
 
 def test_eval_cli_with_base(tiny_source: Path, texts: tuple[Path, Path], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    from carvq_gguf.cli import main
+    from carvq_gguf.cli.main import main
 
     q4 = tmp_path / "q4.gguf"
     untied = tmp_path / "untied.gguf"

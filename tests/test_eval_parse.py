@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import llama_eval
-from carvq_gguf.llama_eval import TruncatedOutput, parse_kld_output, parse_perplexity_output, scored_tokens
-from carvq_gguf.state import CarvqError
+from carvq_gguf.eval import llama_perplexity as llama_eval
+from carvq_gguf.eval.llama_perplexity import TruncatedOutput, parse_kld_output, parse_perplexity_output, scored_tokens
+from carvq_gguf.codec.state import CarvqError
 
 DATA = Path(__file__).parent / "data" / "llama_perplexity"
 

@@ -11,8 +11,8 @@ import torch
 from gguf import GGUFValueType, GGUFWriter
 from gguf.gguf_writer import GGUFValue
 
-from carvq_gguf import gguf_io
-from carvq_gguf.state import CarvqError, CarvqState
+from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.codec.state import CarvqError, CarvqState
 from conftest import make_random_state
 
 
@@ -215,7 +215,7 @@ def test_rejects_non_gguf_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kwargs", [{}, {"group_layout": "block", "levels": 3}, {"table_dim": 0}])
 def test_reader_decode_is_bit_identical(tmp_path: Path, kwargs: dict) -> None:
-    from carvq_gguf.module import CarvqEmbedding
+    from carvq_gguf.codec.embedding import CarvqEmbedding
 
     state = make_random_state(**kwargs)
     back = gguf_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))

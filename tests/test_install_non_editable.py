@@ -47,7 +47,7 @@ def test_non_editable_install_builds_the_runtime_and_converts(tmp_path: Path) ->
     assert "tools in" in built.stderr
     stamp = site / "llama_cpp" / "carvq_patches.txt"
     assert stamp.is_file(), "the patched wheel was not installed into the new environment"
-    assert stamp.read_text().strip() == __import__("carvq_gguf.runtime").runtime.patches_hash()
+    assert stamp.read_text().strip() == __import__("carvq_gguf.runtime.build").runtime.build.patches_hash()
 
     source = make_tiny_hf(tmp_path / "tiny", tied=True)
     out = elsewhere / "tiny-carvq.gguf"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import runtime, sdist
-from carvq_gguf.state import CarvqError
+from carvq_gguf.runtime import build as runtime
+from carvq_gguf.runtime import sdist
+from carvq_gguf.codec.state import CarvqError
 
 LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 COLD_STEPS = """
 import sys
-from carvq_gguf import runtime, sdist
+from carvq_gguf.runtime import build as runtime
+from carvq_gguf.runtime import sdist
 archive = sdist.ensure_sdist()                    # pip download + sha256 check
 tree = runtime.unpack_sdist(sdist.cache_dir() / "unpacked")
 runtime.apply_patches(tree, runtime.patch_files())
