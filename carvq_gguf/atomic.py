@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .codec.state import CarvqError
+from .errors import CarvqError
 
 
 def same_file(a: Path, b: Path) -> bool:

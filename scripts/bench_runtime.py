@@ -36,7 +36,8 @@ from carvq_gguf.runtime import build as runtime
 from carvq_gguf.eval import variants
 from carvq_gguf.data.models import smollm2_gguf
 from carvq_gguf.gguf import rewrite as gguf_source
-from carvq_gguf.codec.state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
+from carvq_gguf.codec.state import AdaptorConfig, CarvqState, RvqConfig
+from carvq_gguf.errors import CarvqError
 
 
 

@@ -60,7 +60,7 @@ def test_compress_cli_without_tokenizer_needs_no_eval(tmp_path, capsys):
                  "--no-eval"]) == 0
     state = load_codec(codec)
     assert state.adaptor.table_dim == 16 and state.rvq.group_layout == "block"
-    assert CarvqEmbedding.from_state(state).decode_all().shape == (V, 64)
+    assert CarvqEmbedding(state).decode_all().shape == (V, 64)
 
 
 def test_compress_cli_unknown_preset(tmp_path, capsys):

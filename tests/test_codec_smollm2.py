@@ -12,7 +12,7 @@ from carvq_gguf.data.models import smollm2_gguf
 from carvq_gguf.codec.importance import bundled_text, text_token_weights
 from carvq_gguf.codec.compress import compress_matrix
 from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
-from carvq_gguf.codec.embedding import replace_input_embedding, replace_input_matrix
+from carvq_gguf.hf.model import replace_input_embedding, replace_input_matrix
 from carvq_gguf.hf.perplexity import eval_windows, perplexity_from_logprobs, tokenize_text, window_logprobs
 
 @pytest.mark.slow

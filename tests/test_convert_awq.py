@@ -4,6 +4,7 @@ exactly as written."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from carvq_gguf.convert.awq_fold import write_awq_base
 from carvq_gguf.convert.hf_source import hf_to_gguf
 from carvq_gguf.convert.pipeline import convert
 from carvq_gguf.hf.model import load_causal_lm
-from carvq_gguf.codec.state import CarvqError
+from carvq_gguf.errors import CarvqError
 from test_gguf_io import assert_states_identical
 from tiny_sources import SENTENCES, make_tiny_hf_arch
 
@@ -46,7 +47,7 @@ def test_gguf_fold_keeps_llama_cpp_logits(sources: dict[str, Path], tmp_path: Pa
     base = hf_to_gguf(sources[arch], tmp_path / "base.gguf", "f32")
     model, tokenizer = load_causal_lm(sources[arch])
     ids = tokenizer(" ".join(SENTENCES), return_tensors="pt").input_ids[0]
-    scales = awq.search_scales(model, ids, SMALL, progress=False)  # scales only: clipping changes the function
+    scales = awq.search(model, ids, replace(SMALL, clip=False), progress=False).scales  # clipping changes the function
     assert write_awq_base(GGUFReader(base), awq.AwqResult(scales, []), tmp_path / "awq.gguf", progress=False) > 0
 
     base_t = {t.name: np.asarray(t.data) for t in GGUFReader(base).tensors}

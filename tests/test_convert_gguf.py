@@ -14,7 +14,7 @@ from carvq_gguf.gguf import carvq_io as gguf_io
 from carvq_gguf.gguf import rewrite as gguf_source
 from carvq_gguf.atomic import atomic_output
 from carvq_gguf.convert.pipeline import check_paths
-from carvq_gguf.codec.state import CarvqError
+from carvq_gguf.errors import CarvqError
 from conftest import make_random_state
 from test_gguf_io import assert_states_identical
 from tiny_sources import make_synthetic_gguf

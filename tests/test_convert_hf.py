@@ -15,7 +15,7 @@ from carvq_gguf.cli.inspect import inspect_file
 from carvq_gguf.hf.calibration import calibration_token_ids
 from carvq_gguf.convert.hf_source import hf_to_gguf
 from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.codec.state import CarvqError
+from carvq_gguf.errors import CarvqError
 from test_convert_gguf import raw_fields, raw_tensors
 from test_gguf_io import assert_states_identical
 from tiny_sources import SENTENCES, make_tiny_hf
@@ -75,8 +75,8 @@ def test_hf_conversion_reads_back_identically(converted: dict, tied: bool) -> No
     result, _, _ = converted[tied]
     back = gguf_io.load_carvq_state(result.out_path)
     assert_states_identical(result.state, back)
-    a = CarvqEmbedding.from_state(result.state).decode_all()
-    b = CarvqEmbedding.from_state(back).decode_all()
+    a = CarvqEmbedding(result.state).decode_all()
+    b = CarvqEmbedding(back).decode_all()
     assert torch.equal(a, b)
 
 

@@ -12,7 +12,7 @@ from gguf import GGUFReader
 from carvq_gguf.gguf import carvq_io as gguf_io
 from carvq_gguf.cli.inspect import inspect_file
 from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.codec.state import CarvqError
+from carvq_gguf.errors import CarvqError
 from test_gguf_io import assert_states_identical
 from tiny_sources import make_tiny_hf
 

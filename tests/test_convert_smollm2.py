@@ -49,6 +49,6 @@ def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     back = gguf_io.read_carvq_state(out)
     ids = torch.arange(0, 49152, 7)
-    a = CarvqEmbedding.from_state(result.state)(ids)
-    b = CarvqEmbedding.from_state(back)(ids)
+    a = CarvqEmbedding(result.state)(ids)
+    b = CarvqEmbedding(back)(ids)
     assert torch.equal(a, b)

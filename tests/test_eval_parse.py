@@ -11,7 +11,7 @@ import pytest
 
 from carvq_gguf.eval import llama_perplexity as llama_eval
 from carvq_gguf.eval.llama_perplexity import TruncatedOutput, parse_kld_output, parse_perplexity_output, scored_tokens
-from carvq_gguf.codec.state import CarvqError
+from carvq_gguf.errors import CarvqError
 
 DATA = Path(__file__).parent / "data" / "llama_perplexity"
 

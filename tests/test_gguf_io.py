@@ -12,7 +12,8 @@ from gguf import GGUFValueType, GGUFWriter
 from gguf.gguf_writer import GGUFValue
 
 from carvq_gguf.gguf import carvq_io as gguf_io
-from carvq_gguf.codec.state import CarvqError, CarvqState
+from carvq_gguf.codec.state import CarvqState
+from carvq_gguf.errors import CarvqError
 from conftest import make_random_state
 
 
@@ -219,6 +220,6 @@ def test_reader_decode_is_bit_identical(tmp_path: Path, kwargs: dict) -> None:
 
     state = make_random_state(**kwargs)
     back = gguf_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))
-    a = CarvqEmbedding.from_state(state).decode_all()
-    b = CarvqEmbedding.from_state(back).decode_all()
+    a = CarvqEmbedding(state).decode_all()
+    b = CarvqEmbedding(back).decode_all()
     assert a.dtype == torch.float32 and torch.equal(a, b)

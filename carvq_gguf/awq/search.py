@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 QK = 32  # llama.cpp's Q4_0 / Q4_1 block length along a row
 
@@ -325,15 +325,6 @@ def _clips_from_stats(model, stats: dict[str, _InputStats], scales: list[GroupSc
             max_val, rtn, best = search_clip(x, weight, config.quant, config.n_grid, config.max_shrink)
             found.append(LinearClip(i, name, max_val, rtn, best))
     return found
-
-
-def search_scales(model, token_ids: torch.Tensor, config: AwqConfig | None = None,
-                  progress: bool = True) -> list[GroupScale]:
-    """Search the AWQ scale of every usable group of every decoder layer of model (an HF causal
-    LM in float32, which is not modified) on the calibration token ids."""
-    config = config or AwqConfig()
-    stats = collect_inputs(model, calibration_windows(token_ids, config), config, progress)
-    return _scales_from_stats(model, stats, config, progress)
 
 
 def search(model, token_ids: torch.Tensor, config: AwqConfig | None = None, progress: bool = True) -> AwqResult:

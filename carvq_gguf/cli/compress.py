@@ -27,11 +27,11 @@ from ..codec.importance import bundled_text, text_token_weights
 from ..codec.codec_file import save_codec
 from ..codec.compress import compress_matrix, reconstruction_metrics, rvq_only, without_corrections
 from ..atomic import atomic_output
-from ..hf.model import input_embedding_matrix, load_causal_lm
-from ..codec.embedding import CarvqEmbedding, replace_input_embedding, replace_input_matrix
+from ..codec.embedding import CarvqEmbedding
+from ..hf.model import input_embedding_matrix, load_causal_lm, replace_input_embedding, replace_input_matrix
 from ..hf.perplexity import eval_windows, kl_divergence, perplexity_from_logprobs, tokenize_text, window_logprobs
 from ..codec.presets import PRESET_NAMES, get_preset
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 BASELINE_BITS = (2, 3, 4)
 
@@ -136,15 +136,15 @@ def run(args: argparse.Namespace) -> int:
     report["bpw_original"] = float(torch.finfo(model.get_input_embeddings().weight.dtype).bits)
     plain = rvq_only(state)
     report["bpw_rvq_only"] = bpw(plain)
-    matrices = {"rvq_only": CarvqEmbedding.from_state(plain).decode_all()}
+    matrices = {"rvq_only": CarvqEmbedding(plain).decode_all()}
     if state.adaptor.enabled and state.n_correction_rows:  # isolate the adaptor's share
         no_rows = without_corrections(state)
         report["bpw_rvq_adaptor"] = bpw(no_rows)
-        matrices["rvq_adaptor"] = CarvqEmbedding.from_state(no_rows).decode_all()
+        matrices["rvq_adaptor"] = CarvqEmbedding(no_rows).decode_all()
     for b in BASELINE_BITS:
         matrices[f"int{b}"] = rtn_quantize(matrix, b)
         report[f"bpw_int{b}"] = rtn_bpw(b)
-    decoded = CarvqEmbedding.from_state(state).decode_all()
+    decoded = CarvqEmbedding(state).decode_all()
     for name, approx in [("carvq", decoded), *matrices.items()]:
         for key, value in reconstruction_metrics(matrix, approx, weights).items():
             report[f"{key}_{name}"] = value

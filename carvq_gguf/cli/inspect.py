@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..gguf import carvq_io as gguf_io
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 # Each module defines register(subparsers) that adds its subcommand and sets func=handler(args) -> int.
 COMMAND_MODULES = [

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .state import AdaptorConfig, CarvqError
+from ..errors import CarvqError
+from .state import AdaptorConfig
 
 
 class AdaptorNet(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .state import CarvqError
+from ..errors import CarvqError
 
 
 def rtn_quantize(matrix: torch.Tensor, bits: int, group_size: int = 64) -> torch.Tensor:

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_output
-from .state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
+from ..errors import CarvqError
+from .state import AdaptorConfig, CarvqState, RvqConfig
 
 CODEC_FORMAT = "carvq-codec"
 CODEC_VERSION = 1

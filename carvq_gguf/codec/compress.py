@@ -13,7 +13,8 @@ from . import rvq
 from .adaptor import train_adaptor
 from .embedding import CarvqEmbedding
 from .presets import get_preset
-from .state import CarvqError, CarvqState
+from ..errors import CarvqError
+from .state import CarvqState
 
 
 def check_matrix(matrix: torch.Tensor) -> None:
@@ -75,7 +76,7 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
         state.sigma0, state.linears, state.norms = net.stored_tensors()
 
     if resolved.correction_rows:
-        decoded = CarvqEmbedding.from_state(state).decode_all()
+        decoded = CarvqEmbedding(state).decode_all()
         if weights is None:  # no importance: correct the rows fitted worst
             corr_ids = pick_correction_ids((matrix - decoded).pow(2).sum(1), resolved.correction_rows)
         ids = corr_ids.long()

@@ -1,4 +1,4 @@
-"""CarvqEmbedding: the PyTorch reference of the lookup-and-correct op, and model surgery.
+"""CarvqEmbedding: the PyTorch reference of the lookup-and-correct op.
 
 The arithmetic mirrors docs/FORMAT.md "Decode", i.e. what llama.cpp computes: codebook values
 (F16) summed over levels in F32; sigma0 F16 read as F32; every linear layer rounds its F32
@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hf.model import untie_output_head
-from .state import CarvqError, CarvqState
+from ..errors import CarvqError
+from .rvq import decode
+from .state import CarvqState
 
 
 class CarvqEmbedding(nn.Module):
@@ -33,7 +34,6 @@ class CarvqEmbedding(nn.Module):
         self.preset = state.preset
         self.register_buffer("codes", state.codes.clone())
         self.register_buffer("codebooks", state.codebooks.clone())
-        self.register_buffer("groups", state.rvq.group_index(state.vocab_size, state.embedding_dim).clone())
         self.register_buffer("sigma0", None if state.sigma0 is None else state.sigma0.clone())
         self.n_linears, self.n_norms = len(state.linears), len(state.norms)
         for i, (w, b) in enumerate(state.linears):
@@ -73,11 +73,6 @@ class CarvqEmbedding(nn.Module):
         """F32 LayerNorm biases, one per hidden layer."""
         return self._numbered("norm", self.n_norms, "bias")
 
-    @classmethod
-    def from_state(cls, state: CarvqState) -> "CarvqEmbedding":
-        """Build the module from a (checked) codec state."""
-        return cls(state)
-
     def to_state(self) -> CarvqState:
         """The codec state this module decodes (tensors copied)."""
         state = CarvqState(
@@ -94,12 +89,7 @@ class CarvqEmbedding(nn.Module):
 
     def rvq_part(self, ids: torch.Tensor) -> torch.Tensor:
         """RVQ decode of flat ids [T] -> float32 [T, n]."""
-        groups = self.groups[ids]
-        codes = self.codes[ids].long()
-        out = torch.zeros(ids.shape[0], groups.shape[1], self.rvq_config.subvector_dim)
-        for level in range(self.rvq_config.levels):
-            out = out + self.codebooks[level][groups, codes[:, level]].to(torch.float32)
-        return out.reshape(ids.shape[0], self.embedding_dim)
+        return decode(self.codes, self.codebooks, self.rvq_config, ids)
 
     def adaptor_part(self, ids: torch.Tensor) -> torch.Tensor:
         """Adaptor output for flat ids [T] -> float32 [T, n] (zeros without adaptor)."""
@@ -142,54 +132,3 @@ class CarvqEmbedding(nn.Module):
         parts = [self.forward(torch.arange(start, min(start + chunk, self.vocab_size)))
                  for start in range(0, self.vocab_size, chunk)]
         return torch.cat(parts)
-
-
-class _ScaledInput(nn.Module):
-    """Applies a model's embedding scale (e.g. Gemma's sqrt(n)) after a CARVQ lookup."""
-
-    def __init__(self, inner: CarvqEmbedding, scale: torch.Tensor | float):
-        super().__init__()
-        self.inner = inner
-        self.scale = scale
-
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.inner(token_ids) * self.scale
-
-
-def replace_input_embedding(model, state: CarvqState) -> nn.Module:
-    """Make state the model's input embedding; a tied output head keeps the original weights.
-
-    Returns the previous input-embedding module so callers can put it back with
-    model.set_input_embeddings(previous).
-    """
-    previous = model.get_input_embeddings()
-    if previous.weight.shape != (state.vocab_size, state.embedding_dim):
-        raise CarvqError(f"codec is {state.vocab_size} x {state.embedding_dim} but the model's embedding is "
-                         f"{tuple(previous.weight.shape)}")
-    untie_output_head(model)
-    module: nn.Module = CarvqEmbedding.from_state(state)
-    scale = getattr(previous, "embed_scale", None)
-    if scale is not None:
-        module = _ScaledInput(module, scale)
-    model.set_input_embeddings(module)
-    return previous
-
-
-def replace_input_matrix(model, matrix: torch.Tensor) -> nn.Module:
-    """Make a dense matrix [V, n] the model's input embedding (same module type, so any embedding
-    scale stays); a tied output head keeps the original weights. Returns the previous module."""
-    import copy
-
-    previous = model.get_input_embeddings()
-    if tuple(previous.weight.shape) != tuple(matrix.shape):
-        raise CarvqError(f"matrix is {tuple(matrix.shape)} but the model's embedding is {tuple(previous.weight.shape)}")
-    untie_output_head(model)
-    weight = previous.weight
-    previous.weight = None  # do not deep-copy the big matrix
-    try:
-        module = copy.deepcopy(previous)
-    finally:
-        previous.weight = weight
-    module.weight = nn.Parameter(matrix.to(weight.dtype).clone(), requires_grad=False)
-    model.set_input_embeddings(module)
-    return previous

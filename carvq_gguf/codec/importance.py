@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .state import CarvqError
+from ..errors import CarvqError
 
 DEFAULT_FLOOR = 0.01  # best of 0.5 / 0.05 / 0.01 / 0.002 on SmolLM2 (docs/EXPERIMENTS.md)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .state import CarvqError
+from ..errors import CarvqError
 
 
 def squared_distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

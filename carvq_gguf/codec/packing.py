@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .state import CarvqError
+from ..errors import CarvqError
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .bits import bits_from_config, total_bits
-from .state import AdaptorConfig, CarvqError, RvqConfig
+from ..errors import CarvqError
+from .state import AdaptorConfig, RvqConfig
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import torch
 from tqdm import tqdm
 
 from .kmeans import assign, kmeans
-from .state import CarvqError, RvqConfig
+from ..errors import CarvqError
+from .state import RvqConfig
 
 
 def to_groups(matrix: torch.Tensor, cfg: RvqConfig) -> torch.Tensor:

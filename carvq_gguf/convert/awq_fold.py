@@ -19,7 +19,8 @@ import torch
 from gguf import GGUFReader
 
 from ..awq import search as awq
-from ..codec.state import CarvqError, CarvqState
+from ..codec.state import CarvqState
+from ..errors import CarvqError
 from ..gguf.rewrite import TensorPlan, architecture, dense_tensor, write_model
 
 
@@ -100,8 +101,7 @@ def make_awq_base(source: Path, base: Path, out_path: Path, calib_text: str, con
     With embedding (the CARVQ codec the file will carry) in place of the input embedding, the
     search sees the activations of the model as it will run. Returns awq.summary of the search,
     with the number of tensors changed."""
-    from ..hf.model import load_causal_lm
-    from ..codec.embedding import replace_input_embedding
+    from ..hf.model import load_causal_lm, replace_input_embedding
     from ..hf.calibration import calibration_token_ids
 
     ids = calibration_token_ids(source, calib_text)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..runtime.sdist import vendored_llama_cpp
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 BASE_TYPES = ("f32", "f16", "bf16", "q8_0", "auto")
 

@@ -13,7 +13,8 @@ import torch
 
 from ..gguf import carvq_io as gguf_io
 from ..awq.search import AwqConfig, quant_proxy
-from ..codec.state import CarvqError, CarvqState
+from ..codec.state import CarvqState
+from ..errors import CarvqError
 from ..atomic import atomic_output, same_file
 from ..hf.calibration import calibration_token_ids
 from ..gguf.rewrite import output_head, parse_type, token_embedding, verify_carvq_model, write_carvq_model

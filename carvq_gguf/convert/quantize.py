@@ -10,7 +10,8 @@ from pathlib import Path
 from gguf import GGMLQuantizationType, GGUFReader
 
 from ..gguf import carvq_io as gguf_io
-from ..codec.state import CarvqError, CarvqState
+from ..codec.state import CarvqState
+from ..errors import CarvqError
 from ..gguf.rewrite import field_bytes
 
 # keys llama_model_quantize rewrites; every other key must come through byte-identical

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import llama_perplexity as llama_eval
 from .cache import EvalCache, content_hash, hash_key
 from ..gguf.summary import GgufSummary, read_summary
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 CARVQ_PREFIX = "carvq_"
 EVAL_VERSION = 2  # bump when the way results are measured or parsed changes

@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 DEFAULT_CTX = 512
 DEFAULT_THREADS = 2

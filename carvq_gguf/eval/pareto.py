@@ -23,7 +23,7 @@ from . import variants
 from ..codec.importance import bundled_text
 from .cache import EvalCache, codec_code_version, content_hash, hash_key
 from .evaluate import EvalSettings, base_logits, check_text, embedding_size, evaluate_model
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 VARIANTS_VERSION = 1  # bump when the way variant files are made changes
 # llama.cpp's token_embd types asked for in issue 5, plus Q5_0/Q4_0 (block 32) and the tree's

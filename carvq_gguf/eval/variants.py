@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..gguf.summary import GgufSummary, read_summary
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 TOKEN_EMBD = "token_embd.weight"
 OUTPUT = "output.weight"

@@ -17,7 +17,8 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
 from ..codec.packing import pack_codes, unpack_codes
-from ..codec.state import GROUP_LAYOUTS, AdaptorConfig, CarvqError, CarvqState, RvqConfig
+from ..codec.state import GROUP_LAYOUTS, AdaptorConfig, CarvqState, RvqConfig
+from ..errors import CarvqError
 
 FORMAT_VERSION = 1
 KEY_PREFIX = "carvq."
@@ -125,12 +126,6 @@ def add_carvq_metadata(writer: GGUFWriter, state: CarvqState) -> None:
     writer.add_uint32(KEY_CORRECTION_ROWS, state.n_correction_rows)
     if state.preset:
         writer.add_string(KEY_PRESET, state.preset)
-
-
-def add_carvq_tensors(writer: GGUFWriter, state: CarvqState) -> None:
-    """Add every carvq_* tensor of state to writer."""
-    for name, arr in carvq_tensors(state):
-        writer.add_tensor(name, arr)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from gguf import quants
 from tqdm import tqdm
 
 from . import carvq_io as gguf_io
-from ..codec.state import CarvqError, CarvqState
+from ..codec.state import CarvqState
+from ..errors import CarvqError
 
 ARCH_KEY = "general.architecture"
 ALIGNMENT_KEY = "general.alignment"

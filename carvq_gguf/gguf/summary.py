@@ -43,7 +43,7 @@ def read_summary(path: Path) -> GgufSummary:
     import subprocess
 
     from ..runtime.sdist import vendored_llama_cpp
-    from ..codec.state import CarvqError
+    from ..errors import CarvqError
 
     path = Path(path)
     if not path.is_file():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 
 def _transformers_ids(directory: Path, text: str, gguf_file: str | None) -> list[int]:

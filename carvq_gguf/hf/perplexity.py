@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from ..codec.state import CarvqError
+from ..errors import CarvqError
 
 
 def eval_windows(token_ids: Sequence[int], n_windows: int = 8, window: int = 512) -> torch.Tensor:
