@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import CarvqError
@@ -64,3 +64,9 @@ def atomic_output(dest: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write(out: Path, write: Callable[[Path], None]) -> None:
+    """Write out through write(tmp_path) with atomic_output (never half-written)."""
+    with atomic_output(Path(out)) as tmp:
+        write(tmp)

@@ -9,7 +9,8 @@ import pytest
 from carvq_gguf.codec.baselines import rtn_quantize
 from carvq_gguf.codec.bits import bpw
 from carvq_gguf.data.models import smollm2_gguf
-from carvq_gguf.codec.importance import bundled_text, text_token_weights
+from carvq_gguf.codec.importance import text_token_weights
+from carvq_gguf.data import bundled_text
 from carvq_gguf.codec.compress import compress_matrix
 from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
 from carvq_gguf.hf.model import replace_input_embedding, replace_input_matrix

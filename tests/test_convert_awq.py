@@ -12,7 +12,7 @@ import pytest
 from gguf import GGUFReader
 
 from carvq_gguf.awq import search as awq
-from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.gguf import carvq_io
 from carvq_gguf.cli.main import main
 from carvq_gguf.convert.awq_fold import write_awq_base
 from carvq_gguf.convert.hf_source import hf_to_gguf
@@ -90,9 +90,9 @@ def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Pa
     types = {t.name: t.tensor_type.name for t in out.tensors}
     assert types["blk.0.ffn_up.weight"] == "Q4_0" and types["blk.1.attn_q.weight"] == "Q4_0"
     # the CARVQ tensors are the ones the codec wrote, and the same as without --awq
-    state = gguf_io.read_carvq_state(out)
+    state = carvq_io.read_carvq_state(out)
     assert_states_identical(result.state, state)
-    assert_states_identical(gguf_io.read_carvq_state(GGUFReader(plain.out_path)), state)
+    assert_states_identical(carvq_io.read_carvq_state(GGUFReader(plain.out_path)), state)
     plain_t = {t.name: np.asarray(t.data) for t in GGUFReader(plain.out_path).tensors}
     assert any(not np.array_equal(plain_t[t.name], np.asarray(t.data)) for t in out.tensors
                if t.name.startswith("blk."))
@@ -130,7 +130,7 @@ def test_awq_q4_k_m(sources: dict[str, Path], tmp_path: Path) -> None:
     out = GGUFReader(result.out_path)
     assert out.get_field("general.file_type").contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert result.awq["tensors_changed"] > 0
-    assert_states_identical(result.state, gguf_io.read_carvq_state(out))
+    assert_states_identical(result.state, carvq_io.read_carvq_state(out))
     assert np.isfinite(llama_logits(result.out_path)).all()
 
 

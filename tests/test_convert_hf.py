@@ -9,7 +9,7 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.gguf import carvq_io
 from carvq_gguf.cli.main import main
 from carvq_gguf.cli.inspect import inspect_file
 from carvq_gguf.hf.calibration import calibration_token_ids
@@ -73,7 +73,7 @@ def test_hf_conversion_reads_back_identically(converted: dict, tied: bool) -> No
     from carvq_gguf.codec.embedding import CarvqEmbedding
 
     result, _, _ = converted[tied]
-    back = gguf_io.load_carvq_state(result.out_path)
+    back = carvq_io.load_carvq_state(result.out_path)
     assert_states_identical(result.state, back)
     a = CarvqEmbedding(result.state).decode_all()
     b = CarvqEmbedding(back).decode_all()
@@ -108,7 +108,7 @@ def test_gguf_source_conversion(converted: dict, tmp_path: Path) -> None:
     (the tokenizer inside the GGUF tokenizes differently, so only the settings are compared)."""
     base_path = Path(converted[True][2].data.filename)
     result = convert(base_path, tmp_path / "from-gguf.gguf", PRESET, progress=False)
-    assert gguf_io.load_carvq_state(result.out_path).rvq == converted[True][0].state.rvq
+    assert carvq_io.load_carvq_state(result.out_path).rvq == converted[True][0].state.rvq
     assert result.base_bytes == base_path.stat().st_size and result.head_type == "F16"
 
 
@@ -149,7 +149,7 @@ def test_convert_with_a_saved_codec(converted: dict, tmp_path: Path) -> None:
     save_codec(result0.state, tmp_path / "codec.pt")
     base_path = Path(base.data.filename)
     result = convert(base_path, tmp_path / "c.gguf", "no-such-preset", codec=tmp_path / "codec.pt", progress=False)
-    assert_states_identical(result0.state, gguf_io.load_carvq_state(result.out_path))
+    assert_states_identical(result0.state, carvq_io.load_carvq_state(result.out_path))
     from conftest import make_random_state
     save_codec(make_random_state(), tmp_path / "small.pt")
     with pytest.raises(CarvqError, match="is 96 x 64, but the model's token_embd is 256 x 64"):

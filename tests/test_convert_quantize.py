@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.gguf import carvq_io
 from carvq_gguf.cli.inspect import inspect_file
 from carvq_gguf.convert.pipeline import convert
 from carvq_gguf.errors import CarvqError
@@ -28,7 +28,7 @@ def test_quantize_keeps_carvq_tensors(tmp_path: Path) -> None:
     types = {t.name: t.tensor_type.name for t in out.tensors}
     assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
     assert types["carvq_codes"] == "I8" and types["carvq_codebooks"] == "F16"
-    assert_states_identical(result.state, gguf_io.read_carvq_state(out))
+    assert_states_identical(result.state, carvq_io.read_carvq_state(out))
     assert out.get_field("general.file_type").contents() == 7  # LLAMA_FTYPE_MOSTLY_Q8_0
     assert inspect_file(result.out_path)["valid"]
 

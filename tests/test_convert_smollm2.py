@@ -9,7 +9,7 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from carvq_gguf.gguf import carvq_io as gguf_io
+from carvq_gguf.gguf import carvq_io
 from carvq_gguf.codec import presets
 from carvq_gguf.cli.inspect import inspect_file
 from carvq_gguf.convert.pipeline import convert
@@ -47,7 +47,7 @@ def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # tied: the file grows by the CARVQ tensors (plus a little metadata and alignment)
     assert 0 <= result.out_bytes - result.base_bytes - result.carvq_bytes < 4096
 
-    back = gguf_io.read_carvq_state(out)
+    back = carvq_io.read_carvq_state(out)
     ids = torch.arange(0, 49152, 7)
     a = CarvqEmbedding(result.state)(ids)
     b = CarvqEmbedding(back)(ids)

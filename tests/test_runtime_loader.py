@@ -158,8 +158,8 @@ def test_quantizer_copies_carvq_tensors_unchanged(good: tuple[Path, Path], tmp_p
 
 
 def gguf_source_state(path: Path):
-    from carvq_gguf.gguf import carvq_io as gguf_io
-    return gguf_io.load_carvq_state(path)
+    from carvq_gguf.gguf import carvq_io
+    return carvq_io.load_carvq_state(path)
 
 
 def test_stock_llama_cpp_python_refuses_a_carvq_file(good: tuple[Path, Path]) -> None:

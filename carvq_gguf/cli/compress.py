@@ -23,7 +23,8 @@ import torch
 
 from ..codec.baselines import rtn_bpw, rtn_quantize
 from ..codec.bits import bpw, component_bits
-from ..codec.importance import bundled_text, text_token_weights
+from ..codec.importance import text_token_weights
+from ..data import bundled_text
 from ..codec.codec_file import save_codec
 from ..codec.compress import compress_matrix, reconstruction_metrics, rvq_only, without_corrections
 from ..atomic import atomic_output

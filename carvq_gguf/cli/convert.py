@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..awq.search import AwqConfig
 from ..codec.presets import PRESET_NAMES
+from ..units import megabytes
 
 
 DEFAULT_PRESET = "carvq-1.6"
@@ -52,10 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
-
-
 def run(args: argparse.Namespace) -> int:
     """Convert, then print sizes."""
     from ..convert.pipeline import convert
@@ -66,17 +63,17 @@ def run(args: argparse.Namespace) -> int:
                      codec=args.codec, quantize=args.quantize, awq=args.awq,
                      awq_config=AwqConfig(max_windows=args.awq_windows), awq_with_carvq=args.awq_with_carvq)
     delta = result.out_bytes - result.base_bytes
-    print(f"wrote {result.out_path} ({_mb(result.out_bytes)}), verified by reading it back")
+    print(f"wrote {result.out_path} ({megabytes(result.out_bytes)} MB), verified by reading it back")
     if result.awq:
         a = result.awq
         print(f"  AWQ: {a['groups']} scale groups, {a['tensors_changed']} tensors rescaled; simulated 4-bit output "
               f"error {a['error_ratio']:.3f}x round-to-nearest on the calibration tokens")
     if result.quantized:
         print(f"  transformer weights quantized to {result.quantized} by llama.cpp; CARVQ tensors unchanged")
-    print(f"  token_embd.weight {result.token_embd_type} {_mb(result.token_embd_bytes)} -> "
-          f"CARVQ tensors {_mb(result.carvq_bytes)}")
+    print(f"  token_embd.weight {result.token_embd_type} {megabytes(result.token_embd_bytes)} MB -> "
+          f"CARVQ tensors {megabytes(result.carvq_bytes)} MB")
     if result.head_type:
-        print(f"  tied head written as output.weight {result.head_type} {_mb(result.head_bytes)}")
-    print(f"  file size {_mb(result.base_bytes)} -> {_mb(result.out_bytes)} ({delta:+,d} bytes, "
+        print(f"  tied head written as output.weight {result.head_type} {megabytes(result.head_bytes)} MB")
+    print(f"  file size {megabytes(result.base_bytes)} MB -> {megabytes(result.out_bytes)} MB ({delta:+,d} bytes, "
           f"{100 * delta / result.base_bytes:+.1f}%)")
     return 0

@@ -59,7 +59,7 @@ def plot_windows(row: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..eval.pareto_report import atomic_write
+    from ..atomic import atomic_write
 
     panels = 2 if "kld" in row else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
@@ -82,10 +82,10 @@ def plot_windows(row: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print, and write the JSON / plot if asked."""
-    from ..codec.importance import bundled_text
+    from ..atomic import atomic_write
+    from ..data import bundled_text
     from ..eval.cache import EvalCache
     from ..eval.evaluate import EvalSettings, evaluate_model
-    from ..eval.pareto_report import atomic_write
 
     text = args.text if args.text is not None else bundled_text("eval.txt")
     settings = EvalSettings(text, args.ctx, args.windows or None, args.threads)

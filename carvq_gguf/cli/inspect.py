@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..gguf import carvq_io as gguf_io
+from ..gguf import carvq_io
+
+from ..gguf import names
 from ..errors import CarvqError
 
 
@@ -44,7 +46,7 @@ def inspect_file(path: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"file": str(path), "file_bytes": path.stat().st_size if path.is_file() else None,
                               "valid": False, "reason": None, "format_version": None, "architecture": None}
     try:
-        reader = gguf_io.open_gguf(path)
+        reader = carvq_io.open_gguf(path)
     except CarvqError as e:
         report["reason"] = str(e)
         return report
@@ -52,15 +54,15 @@ def inspect_file(path: Path) -> dict[str, Any]:
     report["architecture"] = None if arch is None else str(arch.contents())
     tensors = {t.name: t for t in reader.tensors}
     report["tensor_count"] = len(tensors)
-    if not gguf_io.is_carvq(reader):
-        embd = tensors.get(gguf_io.TOKEN_EMBD)
+    if not carvq_io.is_carvq(reader):
+        embd = tensors.get(names.TOKEN_EMBD)
         dense = f" (token_embd.weight is a dense {embd.tensor_type.name} tensor)" if embd is not None else ""
-        report["reason"] = f"not a CARVQ-GGUF: no {gguf_io.KEY_VERSION} key{dense}"
+        report["reason"] = f"not a CARVQ-GGUF: no {names.KEY_VERSION} key{dense}"
         return report
-    version = reader.get_field(gguf_io.KEY_VERSION)
+    version = reader.get_field(names.KEY_VERSION)
     report["format_version"] = version.contents() if version is not None else None
     try:
-        state = gguf_io.read_carvq_state(reader)
+        state = carvq_io.read_carvq_state(reader)
     except CarvqError as e:
         report["reason"] = str(e)
         return report
@@ -70,14 +72,14 @@ def inspect_file(path: Path) -> dict[str, Any]:
     report["components"] = {name: {"bytes": b / 8, "bpw": b / (V * n)} for name, b in bits.items()}
     report["bpw_total"] = total_bits(bits) / (V * n)
     report["embedding_bytes"] = sum(int(t.n_bytes) for name, t in tensors.items()
-                                    if name.startswith(gguf_io.TENSOR_PREFIX))
+                                    if name.startswith(names.TENSOR_PREFIX))
     report["dense_f16_embedding_bytes"] = V * n * 2
-    head = tensors.get(gguf_io.OUTPUT)
+    head = tensors.get(names.OUTPUT)
     report["output_head"] = None if head is None else {"type": head.tensor_type.name, "bytes": int(head.n_bytes)}
     report["other_tensor_bytes"] = sum(int(t.n_bytes) for name, t in tensors.items()
-                                       if not name.startswith(gguf_io.TENSOR_PREFIX) and name != gguf_io.OUTPUT)
+                                       if not name.startswith(names.TENSOR_PREFIX) and name != names.OUTPUT)
     if head is None:
-        report["reason"] = (f"no {gguf_io.OUTPUT}: token_embd.weight is gone, so a tied output head "
+        report["reason"] = (f"no {names.OUTPUT}: token_embd.weight is gone, so a tied output head "
                             "would have nothing to read")
         return report
     report["valid"] = True

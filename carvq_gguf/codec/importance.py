@@ -7,7 +7,6 @@ frequencies is what makes low-bit CARVQ usable. Tokenizing is the caller's busin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -15,11 +14,6 @@ import torch
 from ..errors import CarvqError
 
 DEFAULT_FLOOR = 0.01  # best of 0.5 / 0.05 / 0.01 / 0.002 on SmolLM2 (docs/EXPERIMENTS.md)
-
-
-def bundled_text(name: str) -> Path:
-    """Path of a text bundled with the package: 'calib.txt' or 'eval.txt'."""
-    return Path(__file__).resolve().parent.parent / "data" / name
 
 
 def token_weights(token_ids: Sequence[int], vocab_size: int, floor: float = DEFAULT_FLOOR) -> torch.Tensor:

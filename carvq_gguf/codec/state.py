@@ -1,7 +1,7 @@
 """The CARVQ codec state: what a compressed embedding is, independent of how it was made.
 
 This module is the contract between the trainer (rvq.py, adaptor.py), the GGUF writer and
-reader (gguf_io.py), the PyTorch reference (module.py) and the llama.cpp op. Every tensor here
+reader (carvq_io.py), the PyTorch reference (module.py) and the llama.cpp op. Every tensor here
 is held in the precision it is stored in (F16 codebooks, F16 adaptor matrices, F32 biases and
 norms), so writing and reading back is bit-exact and the reference computes what llama.cpp
 computes.

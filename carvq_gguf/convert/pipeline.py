@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..gguf import carvq_io as gguf_io
+from ..gguf import carvq_io
+
+from ..gguf import names
 from ..awq.search import AwqConfig, quant_proxy
 from ..codec.state import CarvqState
 from ..errors import CarvqError
@@ -64,7 +66,7 @@ def calibration_weights(source: Path, text: str, vocab_size: int) -> torch.Tenso
 
 def read_calib_text(calib_text: Path | None) -> str:
     """The calibration text: the given file, or the bundled carvq_gguf/data/calib.txt."""
-    from ..codec.importance import bundled_text
+    from ..data import bundled_text
 
     path = calib_text if calib_text is not None else bundled_text("calib.txt")
     try:
@@ -101,19 +103,19 @@ def write_verified(reader, state: CarvqState, tmp: Path, head, quantize: str | N
     to it first, quantize that into tmp with llama.cpp and verify the quantized file too."""
     if quantize is None:
         write_carvq_model(reader, state, tmp, head, progress=progress)
-        verify_carvq_model(reader, gguf_io.open_gguf(tmp), state, head)
+        verify_carvq_model(reader, carvq_io.open_gguf(tmp), state, head)
         return
     from .quantize import quantize_gguf, verify_quantized
 
     unquantized = tmp.with_name(tmp.name + ".unquantized")
     try:
         write_carvq_model(reader, state, unquantized, head, progress=progress)
-        before = gguf_io.open_gguf(unquantized)
+        before = carvq_io.open_gguf(unquantized)
         verify_carvq_model(reader, before, state, head)
         print(f"[convert] quantizing the transformer weights to {quantize} with llama_model_quantize",
               file=sys.stderr)
         quantize_gguf(unquantized, tmp, quantize, None if output_type is None else parse_type(output_type))
-        verify_quantized(before, gguf_io.open_gguf(tmp), state)
+        verify_quantized(before, carvq_io.open_gguf(tmp), state)
     finally:
         unquantized.unlink(missing_ok=True)
 
@@ -123,20 +125,20 @@ def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: P
                  quantize: str | None = None, state: CarvqState | None = None) -> ConvertResult:
     """Compress base's token_embd (or take codec, or state when already made) and write out;
     source supplies the tokenizer."""
-    reader = gguf_io.open_gguf(base)
+    reader = carvq_io.open_gguf(base)
     matrix, src_type = token_embedding(reader)
     if state is None:
         state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
     head = output_head(reader, matrix, output_type)
     with atomic_output(out) as tmp:
         write_verified(reader, state, tmp, head, quantize, output_type, progress)
-    embd = next(t for t in reader.tensors if t.name == gguf_io.TOKEN_EMBD)
-    written = {t.name: t for t in gguf_io.open_gguf(out).tensors}
-    out_head = written[gguf_io.OUTPUT] if head is not None else None
+    embd = next(t for t in reader.tensors if t.name == names.TOKEN_EMBD)
+    written = {t.name: t for t in carvq_io.open_gguf(out).tensors}
+    out_head = written[names.OUTPUT] if head is not None else None
     return ConvertResult(
         out_path=out, base_bytes=base.stat().st_size, out_bytes=out.stat().st_size,
         token_embd_type=src_type.name, token_embd_bytes=int(embd.n_bytes),
-        carvq_bytes=sum(int(t.n_bytes) for name, t in written.items() if name.startswith(gguf_io.TENSOR_PREFIX)),
+        carvq_bytes=sum(int(t.n_bytes) for name, t in written.items() if name.startswith(names.TENSOR_PREFIX)),
         head_type=None if out_head is None else out_head.tensor_type.name,
         head_bytes=0 if out_head is None else int(out_head.n_bytes), state=state, quantized=quantize)
 
@@ -180,7 +182,7 @@ def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None
             from .awq_fold import make_awq_base
 
             if awq_with_carvq:
-                matrix, _ = token_embedding(gguf_io.open_gguf(base))
+                matrix, _ = token_embedding(carvq_io.open_gguf(base))
                 state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
             scaled = Path(tmp) / "awq.gguf"
             awq_summary = make_awq_base(source, base, scaled, read_calib_text(calib_text), awq_config, progress,

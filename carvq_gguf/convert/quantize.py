@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType, GGUFReader
 
-from ..gguf import carvq_io as gguf_io
+from ..gguf import carvq_io
 from ..codec.state import CarvqState
 from ..errors import CarvqError
 from ..gguf.rewrite import field_bytes
@@ -66,9 +66,9 @@ def quantize_gguf(src: Path, dst: Path, type_name: str, head_type: GGMLQuantizat
 def verify_quantized(before: GGUFReader, after: GGUFReader, state: CarvqState) -> None:
     """CarvqError unless the quantized file keeps state bit-identical, every tensor name, and
     every key but the ones the quantizer rewrites."""
-    back = gguf_io.read_carvq_state(after)
-    written = dict(gguf_io.carvq_tensors(back))
-    for name, arr in gguf_io.carvq_tensors(state):
+    back = carvq_io.read_carvq_state(after)
+    written = dict(carvq_io.carvq_tensors(back))
+    for name, arr in carvq_io.carvq_tensors(state):
         if written[name].tobytes() != arr.tobytes():
             raise CarvqError(f"verification failed: the quantizer changed {name}")
     names_before = {t.name for t in before.tensors}

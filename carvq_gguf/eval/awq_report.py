@@ -19,10 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..awq.search import AwqConfig, quant_proxy
-from ..codec.importance import bundled_text
+from ..atomic import atomic_write
+from ..data import bundled_text
+from ..units import megabytes
 from .cache import EvalCache
 from .evaluate import EvalSettings, evaluate_model
-from .pareto_report import atomic_write, nonnegative
+from .pareto_report import nonnegative
 
 
 @dataclass
@@ -79,7 +81,7 @@ class VariantFiles:
         from ..convert.awq_fold import make_awq_base
         from ..convert.pipeline import convert, read_calib_text
         from ..convert.quantize import quantize_gguf
-        from .variants import build_imatrix, quantize_with_imatrix
+        from ..runtime.tools import build_imatrix, quantize_with_imatrix
 
         o, q = self.options, self.options.quantize
         files = {"source": self.source}
@@ -190,10 +192,6 @@ def run_awq_report(source: Path, options: AwqReportOptions | None = None, cache:
             "seconds": time.monotonic() - start}
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f}"
-
-
 def markdown(data: dict, png_name: str) -> str:
     """The report as markdown: the table, then what it shows."""
     f, a, q = data["findings"], data["awq"], data["quantize"]
@@ -208,7 +206,7 @@ def markdown(data: dict, png_name: str) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         emb = r["embedding_type"] if r["embedding_type"] != "CARVQ" else "CARVQ"
-        lines.append(f"| {r['name']} | {_mb(r['file_bytes'])} | {100 * r['file_bytes'] / src:.1f}% | "
+        lines.append(f"| {r['name']} | {megabytes(r['file_bytes'], 1)} | {100 * r['file_bytes'] / src:.1f}% | "
                      f"{emb} {r['embedding_bpw']:.2f} bpw | {r['ppl']:.3f} | {r['dppl_percent']:+.2f}% | "
                      f"{nonnegative(r['kld']):.4f} |")
     source = data["rows"][0]

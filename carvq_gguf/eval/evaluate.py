@@ -11,12 +11,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import llama_perplexity as llama_eval
+from . import llama_perplexity
 from .cache import EvalCache, content_hash, hash_key
 from ..gguf.summary import GgufSummary, read_summary
 from ..errors import CarvqError
+from ..gguf.names import KEY_EMBEDDING_LENGTH, KEY_VOCAB_SIZE, OUTPUT, TENSOR_PREFIX, TOKEN_EMBD
 
-CARVQ_PREFIX = "carvq_"
 EVAL_VERSION = 2  # bump when the way results are measured or parsed changes
 
 
@@ -43,19 +43,19 @@ def embedding_size(path: Path, summary: GgufSummary | None = None) -> EmbeddingS
     CarvqError if the file has neither."""
     summary = summary if summary is not None else read_summary(path)
     tensors = summary.tensors
-    head = tensors.get("output.weight")
+    head = tensors.get(OUTPUT)
     head_type = None if head is None else head.type_name
     file_bytes = Path(path).stat().st_size
-    embd = tensors.get("token_embd.weight")
+    embd = tensors.get(TOKEN_EMBD)
     if embd is not None:
         n, V = embd.shape[:2]
         return EmbeddingSize(embd.type_name, int(V), int(n), embd.n_bytes, file_bytes, head_type)
-    carvq = [t for name, t in tensors.items() if name.startswith(CARVQ_PREFIX)]
+    carvq = [t for name, t in tensors.items() if name.startswith(TENSOR_PREFIX)]
     if not carvq:
-        raise CarvqError(f"{path} has neither token_embd.weight nor CARVQ tensors")
-    V, n = summary.keys.get("carvq.vocab_size"), summary.keys.get("carvq.embedding_length")
+        raise CarvqError(f"{path} has neither {TOKEN_EMBD} nor CARVQ tensors")
+    V, n = summary.keys.get(KEY_VOCAB_SIZE), summary.keys.get(KEY_EMBEDDING_LENGTH)
     if not isinstance(V, int) or not isinstance(n, int):
-        raise CarvqError(f"{path} has CARVQ tensors but no carvq.vocab_size / carvq.embedding_length keys")
+        raise CarvqError(f"{path} has CARVQ tensors but no {KEY_VOCAB_SIZE} / {KEY_EMBEDDING_LENGTH} keys")
     return EmbeddingSize("CARVQ", V, n, sum(t.n_bytes for t in carvq), file_bytes, head_type)
 
 
@@ -64,9 +64,9 @@ class EvalSettings:
     """How models are scored; every variant of one comparison uses the same settings."""
 
     text: Path
-    ctx: int = llama_eval.DEFAULT_CTX
+    ctx: int = llama_perplexity.DEFAULT_CTX
     windows: int | None = None       # windows scored; None: every full window of the text but one
-    threads: int = llama_eval.DEFAULT_THREADS
+    threads: int = llama_perplexity.DEFAULT_THREADS
 
     def key(self) -> dict:
         """The parts of the settings that change results (threads do not)."""
@@ -102,7 +102,7 @@ def base_logits(base: Path, settings: EvalSettings, cache: EvalCache) -> tuple[P
         def build(tmp: Path) -> None:
             nonlocal run
             start = time.monotonic()
-            result, _ = llama_eval.run_base(base, settings.text, tmp, settings.ctx, settings.windows, settings.threads)
+            result, _ = llama_perplexity.run_base(base, settings.text, tmp, settings.ctx, settings.windows, settings.threads)
             run = {**asdict(result), "scored_tokens": result.scored_tokens, "seconds": time.monotonic() - start}
 
         logits.unlink(missing_ok=True)
@@ -119,10 +119,10 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
     scored on the windows saved from the base run). Without: the model's own perplexity only.
     """
     model = Path(model)
-    llama_eval.check_model_file(model)
+    llama_perplexity.check_model_file(model)
     check_text(settings.text)
     if base is not None:
-        llama_eval.check_model_file(base)
+        llama_perplexity.check_model_file(base)
     cache = cache if cache is not None else EvalCache()
     size = embedding_size(model)
     row = {"model": str(model), "embedding_type": size.embedding_type, "vocab_size": size.vocab_size,
@@ -138,7 +138,7 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
             scratch = cache.path("scratch", key, ".logits")
             scratch.parent.mkdir(parents=True, exist_ok=True)
             try:
-                result, _ = llama_eval.run_base(model, settings.text, scratch, settings.ctx, settings.windows,
+                result, _ = llama_perplexity.run_base(model, settings.text, scratch, settings.ctx, settings.windows,
                                                 settings.threads)
             finally:
                 scratch.unlink(missing_ok=True)
@@ -153,7 +153,7 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
 
     def measure_kld() -> dict:
         start = time.monotonic()
-        result, _ = llama_eval.run_kld(model, logits, base_run["windows"], settings.ctx, settings.threads)
+        result, _ = llama_perplexity.run_kld(model, logits, base_run["windows"], settings.ctx, settings.threads)
         return {**result.to_dict(), "seconds": time.monotonic() - start}
 
     run = cache.json("kld-runs", key, measure_kld)

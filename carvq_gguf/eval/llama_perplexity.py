@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CarvqError
+from ..runtime.tools import tail
 
 DEFAULT_CTX = 512
 DEFAULT_THREADS = 2
@@ -65,8 +66,8 @@ def _missing_header(output: str, kind: str, line: str) -> CarvqError:
     rest), else CarvqError for output that is not llama-perplexity's at all."""
     if _LLAMA_LOG_LINE.search(output):
         return TruncatedOutput(f"llama-perplexity {kind} stops before the '{line}' line; "
-                               f"output ends:\n{_tail(output)}")
-    return CarvqError(f"llama-perplexity {kind} not recognized (no '{line}' line); output ends:\n{_tail(output)}")
+                               f"output ends:\n{tail(output)}")
+    return CarvqError(f"llama-perplexity {kind} not recognized (no '{line}' line); output ends:\n{tail(output)}")
 
 
 @dataclass
@@ -136,13 +137,9 @@ def _float(text: str) -> float:
     return float(text.replace("-nan", "nan"))
 
 
-def _tail(output: str, lines: int = 15) -> str:
-    return "\n".join(output.strip().splitlines()[-lines:])
-
-
 def _finite(name: str, value: float, output: str) -> float:
     if not math.isfinite(value):
-        raise CarvqError(f"llama-perplexity reported a non-finite {name} ({value}); output ends:\n{_tail(output)}")
+        raise CarvqError(f"llama-perplexity reported a non-finite {name} ({value}); output ends:\n{tail(output)}")
     return value
 
 
@@ -175,9 +172,9 @@ def parse_perplexity_output(output: str, windows: int | None = None) -> Perplexi
     per_window = [_float(m.group(2)) for m in _CHUNK_PPL.finditer(output)]
     if len(per_window) < n:
         if "failed" in output:
-            raise CarvqError(f"llama-perplexity failed during the run; output ends:\n{_tail(output)}")
+            raise CarvqError(f"llama-perplexity failed during the run; output ends:\n{tail(output)}")
         raise TruncatedOutput(f"llama-perplexity output stops after window {len(per_window)} of {n}; "
-                              f"output ends:\n{_tail(output)}")
+                              f"output ends:\n{tail(output)}")
     ppl = _finite("perplexity", per_window[n - 1], output)
     return PerplexityRun(ppl=ppl, windows=n, n_ctx=n_ctx, saved_windows=saved, chunk_ppl=per_window[:n])
 
@@ -200,12 +197,12 @@ def parse_kld_output(output: str, windows: int | None = None) -> KldRun:
     rows = [[_float(v) for v in row] for row in _KLD_ROW.findall(output)]
     if len(rows) < n:
         if "failed" in output:
-            raise CarvqError(f"llama-perplexity failed during the run; output ends:\n{_tail(output)}")
+            raise CarvqError(f"llama-perplexity failed during the run; output ends:\n{tail(output)}")
         raise TruncatedOutput(f"llama-perplexity KL-divergence output stops after window {len(rows)} of {n}; "
-                              f"output ends:\n{_tail(output)}")
+                              f"output ends:\n{tail(output)}")
     if [int(r[0]) for r in rows[:n]] != list(range(1, n + 1)):
         raise CarvqError(f"llama-perplexity KL-divergence table not recognized (window numbers "
-                         f"{[int(r[0]) for r in rows[:n]]}); output ends:\n{_tail(output)}")
+                         f"{[int(r[0]) for r in rows[:n]]}); output ends:\n{tail(output)}")
     row = rows[n - 1]
     run = KldRun(ppl=row[1], ppl_err=row[2], ln_ratio=row[3], ln_ratio_err=row[4], kld=row[5], kld_err=row[6],
                  same_top_p=row[9], same_top_p_err=row[10], windows=n, n_ctx=n_ctx,
@@ -227,7 +224,7 @@ def _run(cmd: list[str], desc: str) -> str:
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     if result.returncode != 0:
         raise CarvqError(f"llama-perplexity failed (exit {result.returncode}): {' '.join(cmd)}\n"
-                         f"{_tail(result.stdout, 25)}")
+                         f"{tail(result.stdout, 25)}")
     return result.stdout
 
 

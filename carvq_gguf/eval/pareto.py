@@ -3,7 +3,7 @@ stock token_embd types, the CARVQ presets, RVQ without the adaptor) and measure 
 against the unmodified source, on the same windows of the same text.
 
 Every variant keeps the source's other tensors byte for byte and its head: a tied head is written
-explicitly as output.weight in the source's token_embd type (for stock types by untie_head before
+explicitly as output.weight in the source's token_embd type (for stock types by gguf.rewrite.untie_head before
 llama-quantize, for CARVQ by the converter), so only the input embedding differs.
 
 Each step is cached by content hash (eval_cache): the untied source, the imatrix, every variant
@@ -19,11 +19,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..data import bundled_text
+from ..errors import CarvqError
+from ..gguf.rewrite import untie_head
+from ..runtime.tools import build_imatrix
 from . import variants
-from ..codec.importance import bundled_text
 from .cache import EvalCache, codec_code_version, content_hash, hash_key
 from .evaluate import EvalSettings, base_logits, check_text, embedding_size, evaluate_model
-from ..errors import CarvqError
 
 VARIANTS_VERSION = 1  # bump when the way variant files are made changes
 # llama.cpp's token_embd types asked for in issue 5, plus Q5_0/Q4_0 (block 32) and the tree's
@@ -112,7 +114,7 @@ class VariantBuilder:
                 self._untied = self.source
             else:
                 key = hash_key("untied", VARIANTS_VERSION, self.source_hash)
-                self._untied = self._timed(key, "models", ".gguf", lambda tmp: variants.untie_head(self.source, tmp))
+                self._untied = self._timed(key, "models", ".gguf", lambda tmp: untie_head(self.source, tmp))
         return self._untied
 
     def imatrix(self) -> Path:
@@ -123,7 +125,7 @@ class VariantBuilder:
                            self._tools_key())
             self._imatrix = self._timed(
                 key, "imatrix", ".gguf",
-                lambda tmp: variants.build_imatrix(self.untied(), self.options.calib_text, tmp, self.options.ctx,
+                lambda tmp: build_imatrix(self.untied(), self.options.calib_text, tmp, self.options.ctx,
                                                    self.options.imatrix_chunks, self.options.threads))
         return self._imatrix
 

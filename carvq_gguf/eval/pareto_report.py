@@ -7,7 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from ..atomic import atomic_output
+from ..atomic import atomic_write
+from ..units import megabytes
 
 CARVQ_METHODS = ("CARVQ", "CARVQ + adaptor", "CARVQ (paper)")
 METHOD_STYLE = {"llama.cpp": ("tab:gray", "s", "-"), "CARVQ": ("tab:red", "o", "-"),
@@ -71,10 +72,6 @@ def from_scratch_seconds(data: dict) -> float:
     return total + data.get("untie_imatrix_seconds", 0.0)
 
 
-def _mb(n: int | None) -> str:
-    return "" if n is None else f"{n / 1e6:.2f}"
-
-
 def _table(rows: list[dict]) -> list[str]:
     out = ["| variant | method | token_embd written as | embedding bpw | embedding MB | file MB | PPL | dPPL "
            "| KLD | same top-1 % | note |",
@@ -85,7 +82,7 @@ def _table(rows: list[dict]) -> list[str]:
             continue
         written = r["embedding_type"] if r["embedding_type"] != "CARVQ" else "CARVQ tensors"
         out.append(f"| {r['name']} | {r['method']} | {written} | {r['embedding_bpw']:.3f} | "
-                   f"{_mb(r['embedding_bytes'])} | {_mb(r['file_bytes'])} | {r['ppl']:.3f} ± {r['ppl_err']:.3f} | "
+                   f"{megabytes(r['embedding_bytes'])} | {megabytes(r['file_bytes'])} | {r['ppl']:.3f} ± {r['ppl_err']:.3f} | "
                    f"{_dppl(r)} | {nonnegative(r['kld']):.4f} ± {r['kld_err']:.4f} | {r['same_top_p']:.1f} | "
                    f"{r['note']} |")
     return out
@@ -100,7 +97,7 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
         "",
         f"Source: `{src['name']}` (sha256 `{src['sha256'][:16]}...`), V = {src['vocab_size']}, "
         f"n = {src['embedding_dim']}, token_embd {src['embedding_type']} ({src['embedding_bpw']:.2f} bpw, "
-        f"{_mb(src['embedding_bytes'])} MB), file {_mb(src['file_bytes'])} MB, head {head}.",
+        f"{megabytes(src['embedding_bytes'])} MB), file {megabytes(src['file_bytes'])} MB, head {head}.",
         "",
         "What differs between variants: only the input embedding. Every other tensor is byte-identical to "
         "the source (checked by content hash for the llama.cpp types; by the converter's read-back check "
@@ -198,12 +195,6 @@ def plot(data: dict, out: Path) -> None:
     fig.tight_layout()
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-
-
-def atomic_write(out: Path, write) -> None:
-    """Write out through write(tmp_path) with convert.atomic.atomic_output (never half-written)."""
-    with atomic_output(Path(out)) as tmp:
-        write(tmp)
 
 
 def write_report(data: dict, out_dir: Path) -> dict[str, Path]:

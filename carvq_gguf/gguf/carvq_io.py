@@ -19,59 +19,17 @@ from gguf.constants import GGML_QUANT_SIZES
 from ..codec.packing import pack_codes, unpack_codes
 from ..codec.state import GROUP_LAYOUTS, AdaptorConfig, CarvqState, RvqConfig
 from ..errors import CarvqError
-
-FORMAT_VERSION = 1
-KEY_PREFIX = "carvq."
-TENSOR_PREFIX = "carvq_"
-ACTIVATIONS = ("relu",)
-
-KEY_VERSION = "carvq.version"
-KEY_VOCAB_SIZE = "carvq.vocab_size"
-KEY_EMBEDDING_LENGTH = "carvq.embedding_length"
-KEY_SUBVECTOR_DIM = "carvq.subvector_dim"
-KEY_CODEBOOK_BITS = "carvq.codebook_bits"
-KEY_LEVELS = "carvq.levels"
-KEY_GROUP_LAYOUT = "carvq.group_layout"
-KEY_GROUP_SIZE = "carvq.group_size"
-KEY_TABLE_DIM = "carvq.adaptor.table_dim"
-KEY_HIDDEN_DIMS = "carvq.adaptor.hidden_dims"
-KEY_ACTIVATION = "carvq.adaptor.activation"
-KEY_NORM_EPS = "carvq.adaptor.norm_epsilon"
-KEY_CORRECTION_ROWS = "carvq.correction_rows"
-KEY_PRESET = "carvq.preset"
-
-TENSOR_CODES = "carvq_codes"
-TENSOR_CODEBOOKS = "carvq_codebooks"
-TENSOR_SIGMA0 = "carvq_sigma0"
-TENSOR_CORR_IDS = "carvq_corr_ids"
-TENSOR_CORR_ROWS = "carvq_corr_rows"
-TOKEN_EMBD = "token_embd.weight"
-OUTPUT = "output.weight"
+from .names import (ACTIVATIONS, FORMAT_VERSION, KEY_ACTIVATION, KEY_CODEBOOK_BITS,
+                    KEY_CORRECTION_ROWS, KEY_EMBEDDING_LENGTH, KEY_GROUP_LAYOUT, KEY_GROUP_SIZE,
+                    KEY_HIDDEN_DIMS, KEY_LEVELS, KEY_NORM_EPS, KEY_PRESET, KEY_SUBVECTOR_DIM,
+                    KEY_TABLE_DIM, KEY_VERSION, KEY_VOCAB_SIZE, TENSOR_CODEBOOKS, TENSOR_CODES,
+                    TENSOR_CORR_IDS, TENSOR_CORR_ROWS, TENSOR_PREFIX, TENSOR_SIGMA0, TOKEN_EMBD,
+                    mlp_bias_name, mlp_weight_name, norm_bias_name, norm_weight_name)
 
 _F16 = GGMLQuantizationType.F16
 _F32 = GGMLQuantizationType.F32
 _I8 = GGMLQuantizationType.I8
 _I32 = GGMLQuantizationType.I32
-
-
-def mlp_weight_name(i: int) -> str:
-    """Tensor name of linear layer i's weight."""
-    return f"carvq_mlp.{i}.weight"
-
-
-def mlp_bias_name(i: int) -> str:
-    """Tensor name of linear layer i's bias."""
-    return f"carvq_mlp.{i}.bias"
-
-
-def norm_weight_name(i: int) -> str:
-    """Tensor name of the LayerNorm weight after linear layer i."""
-    return f"carvq_norm.{i}.weight"
-
-
-def norm_bias_name(i: int) -> str:
-    """Tensor name of the LayerNorm bias after linear layer i."""
-    return f"carvq_norm.{i}.bias"
 
 
 # ---------------------------------------------------------------------------------------------

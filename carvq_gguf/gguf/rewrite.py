@@ -14,13 +14,10 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf import quants
 from tqdm import tqdm
 
-from . import carvq_io as gguf_io
 from ..codec.state import CarvqState
 from ..errors import CarvqError
-
-ARCH_KEY = "general.architecture"
-ALIGNMENT_KEY = "general.alignment"
-SPLIT_COUNT_KEY = "split.count"
+from . import carvq_io
+from .names import ALIGNMENT_KEY, ARCH_KEY, KEY_PREFIX, OUTPUT, SPLIT_COUNT_KEY, TENSOR_PREFIX, TOKEN_EMBD
 
 
 @dataclass
@@ -53,13 +50,13 @@ def token_embedding(reader: GGUFReader) -> tuple[torch.Tensor, GGMLQuantizationT
     if split is not None and int(split.contents()) > 1:
         raise CarvqError(f"the source is one shard of a {int(split.contents())}-way split GGUF; merge it first "
                          "(llama.cpp's llama-gguf-split --merge)")
-    t = find_tensor(reader, gguf_io.TOKEN_EMBD)
+    t = find_tensor(reader, TOKEN_EMBD)
     if t is None:
-        if gguf_io.is_carvq(reader):
+        if carvq_io.is_carvq(reader):
             raise CarvqError("the source is already a CARVQ-GGUF (no token_embd.weight to compress)")
-        raise CarvqError(f"the source GGUF has no {gguf_io.TOKEN_EMBD}")
+        raise CarvqError(f"the source GGUF has no {TOKEN_EMBD}")
     if len(t.shape) != 2:
-        raise CarvqError(f"{gguf_io.TOKEN_EMBD} has {len(t.shape)} dimensions, expected 2")
+        raise CarvqError(f"{TOKEN_EMBD} has {len(t.shape)} dimensions, expected 2")
     return torch.from_numpy(dense_tensor(t)), t.tensor_type
 
 
@@ -88,9 +85,9 @@ def output_head(reader: GGUFReader, matrix: torch.Tensor, output_type: str | Non
     output_type None (or the source's token_embd type) copies token_embd's raw bytes; any
     other type is quantized from the dequantized matrix with gguf-py.
     """
-    if find_tensor(reader, gguf_io.OUTPUT) is not None:
+    if find_tensor(reader, OUTPUT) is not None:
         return None
-    src = find_tensor(reader, gguf_io.TOKEN_EMBD)
+    src = find_tensor(reader, TOKEN_EMBD)
     assert src is not None
     qtype = src.tensor_type if output_type is None else parse_type(output_type)
     if qtype == src.tensor_type:
@@ -129,7 +126,7 @@ def copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
     """Copy every key of the source (except the carvq.* keys of an older conversion)."""
     for field in reader.fields.values():
         name = field.name
-        if name.startswith("GGUF.") or name == ARCH_KEY or name.startswith(gguf_io.KEY_PREFIX):
+        if name.startswith("GGUF.") or name == ARCH_KEY or name.startswith(KEY_PREFIX):
             continue  # header fields are written by GGUFWriter; the architecture too, at creation
         value, vtype, sub = field_value(field)
         if name == ALIGNMENT_KEY:
@@ -163,6 +160,22 @@ def write_model(reader: GGUFReader, out_path: Path, plan: TensorPlan, progress: 
     writer.close()
 
 
+def untie_head(src: Path, dst: Path) -> None:
+    """Write src to dst with an explicit output.weight holding token_embd's bytes and type, so that
+    changing token_embd leaves the head as it was.
+
+    CarvqError if src already has output.weight (nothing to untie) or has no token_embd."""
+    reader = carvq_io.open_gguf(src)
+    embd = find_tensor(reader, TOKEN_EMBD)
+    if embd is None:
+        raise CarvqError(f"{src} has no {TOKEN_EMBD}")
+    if find_tensor(reader, OUTPUT) is not None:
+        raise CarvqError(f"{src} already has {OUTPUT}: its head is not tied")
+    plan: TensorPlan = [(t.name, np.asarray(t.data), t.tensor_type) for t in reader.tensors]
+    plan.append((OUTPUT, np.asarray(embd.data), embd.tensor_type))
+    write_model(reader, dst, plan, progress=False)
+
+
 def write_carvq_model(reader: GGUFReader, state: CarvqState, out_path: Path,
                       head: OutputHead | None, progress: bool = True) -> None:
     """Write the source model with token_embd.weight replaced by state's CARVQ tensors.
@@ -170,59 +183,59 @@ def write_carvq_model(reader: GGUFReader, state: CarvqState, out_path: Path,
     Every other tensor keeps its raw bytes and type, in the source's order; the CARVQ tensors
     take token_embd's place; a tied head (head not None) is appended as output.weight.
     """
-    src_embd = find_tensor(reader, gguf_io.TOKEN_EMBD)
+    src_embd = find_tensor(reader, TOKEN_EMBD)
     if src_embd is None:
-        raise CarvqError(f"the source GGUF has no {gguf_io.TOKEN_EMBD}")
+        raise CarvqError(f"the source GGUF has no {TOKEN_EMBD}")
     n, V = (int(d) for d in src_embd.shape)
     if (V, n) != (state.vocab_size, state.embedding_dim):
         raise CarvqError(f"codec state is {state.vocab_size} x {state.embedding_dim} but "
-                         f"{gguf_io.TOKEN_EMBD} is {V} x {n}")
+                         f"{TOKEN_EMBD} is {V} x {n}")
     plan: TensorPlan = []
     for t in reader.tensors:
-        if t.name == gguf_io.TOKEN_EMBD:
-            plan.extend((name, arr, None) for name, arr in gguf_io.carvq_tensors(state))
-        elif t.name.startswith(gguf_io.TENSOR_PREFIX):
+        if t.name == TOKEN_EMBD:
+            plan.extend((name, arr, None) for name, arr in carvq_io.carvq_tensors(state))
+        elif t.name.startswith(TENSOR_PREFIX):
             raise CarvqError(f"the source already has CARVQ tensor {t.name}")
         else:
             plan.append((t.name, np.asarray(t.data), t.tensor_type))
     if head is not None:
-        plan.append((gguf_io.OUTPUT, head.data, head.qtype))
+        plan.append((OUTPUT, head.data, head.qtype))
         shape_check = quants.quant_shape_from_byte_shape(head.data.shape, head.qtype) \
             if head.data.dtype == np.uint8 else head.data.shape
         if tuple(shape_check) != (V, n):
             raise CarvqError(f"output head has shape {tuple(shape_check)}, expected {(V, n)}")
-    write_model(reader, out_path, plan, progress, lambda writer: gguf_io.add_carvq_metadata(writer, state))
+    write_model(reader, out_path, plan, progress, lambda writer: carvq_io.add_carvq_metadata(writer, state))
 
 
 def verify_carvq_model(source: GGUFReader, out: GGUFReader, state: CarvqState,
                        head: OutputHead | None) -> None:
     """Check a written file against what was meant: CARVQ state bit-identical, every other key
     and tensor of the source byte-identical, the tied head as planned. CarvqError otherwise."""
-    back = gguf_io.read_carvq_state(out)
-    for name, arr in gguf_io.carvq_tensors(state):
-        written = next(a for n_, a in gguf_io.carvq_tensors(back) if n_ == name)
+    back = carvq_io.read_carvq_state(out)
+    for name, arr in carvq_io.carvq_tensors(state):
+        written = next(a for n_, a in carvq_io.carvq_tensors(back) if n_ == name)
         if arr.tobytes() != written.tobytes():
             raise CarvqError(f"verification failed: tensor {name} differs after reading back")
     out_fields = out.fields
     for field in source.fields.values():
-        if field.name.startswith("GGUF.") or field.name.startswith(gguf_io.KEY_PREFIX):
+        if field.name.startswith("GGUF.") or field.name.startswith(KEY_PREFIX):
             continue
         other = out_fields.get(field.name)
         if other is None or field_bytes(other) != field_bytes(field):
             raise CarvqError(f"verification failed: key {field.name} differs from the source")
     out_tensors = {t.name: t for t in out.tensors}
     for t in source.tensors:
-        if t.name == gguf_io.TOKEN_EMBD:
+        if t.name == TOKEN_EMBD:
             continue
         o = out_tensors.get(t.name)
         if o is None or o.tensor_type != t.tensor_type or list(o.shape) != list(t.shape) \
                 or not np.array_equal(np.asarray(o.data).view(np.uint8), np.asarray(t.data).view(np.uint8)):
             raise CarvqError(f"verification failed: tensor {t.name} differs from the source")
     if head is not None:
-        o = out_tensors.get(gguf_io.OUTPUT)
+        o = out_tensors.get(OUTPUT)
         if o is None or o.tensor_type != head.qtype or \
                 np.asarray(o.data).tobytes() != head.data.tobytes():
-            raise CarvqError(f"verification failed: {gguf_io.OUTPUT} is not the planned tied head")
-    expected = len(source.tensors) - 1 + len(gguf_io.carvq_tensors(state)) + (head is not None)
+            raise CarvqError(f"verification failed: {OUTPUT} is not the planned tied head")
+    expected = len(source.tensors) - 1 + len(carvq_io.carvq_tensors(state)) + (head is not None)
     if len(out.tensors) != expected:
         raise CarvqError(f"verification failed: {len(out.tensors)} tensors written, expected {expected}")
