@@ -47,8 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"AWQ calibration windows of {AwqConfig.seq_len} tokens (default {AwqConfig.max_windows})")
     p.add_argument("--awq-with-carvq", action="store_true",
                    help="run the AWQ search with the CARVQ embedding in place, on the activations the quantized "
-                        "layers will see (on Gemma 3 270M this lowered the final perplexity by 7%%; on SmolLM2 it "
-                        "raised it by 1%%: reports/*/awq-q4.md)")
+                        "layers will see (whether that helps depends on the model: see reports/*/awq-q4.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

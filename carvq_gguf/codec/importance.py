@@ -1,6 +1,6 @@
 """Token importance from calibration text: how often each token id occurs, plus a floor.
 
-Frequent tokens are the outlier rows that plain RVQ fits worst (../shared/carvq-method.md);
+Frequent tokens are the outlier rows that plain RVQ fits worst (docs/EXPERIMENTS.md);
 weighting k-means, the adaptor's batches and the choice of correction rows by these
 frequencies is what makes low-bit CARVQ usable. Tokenizing is the caller's business.
 """

@@ -1,7 +1,7 @@
 """The CARVQ codec state: what a compressed embedding is, independent of how it was made.
 
 This module is the contract between the trainer (rvq.py, adaptor.py), the GGUF writer and
-reader (carvq_io.py), the PyTorch reference (module.py) and the llama.cpp op. Every tensor here
+reader (gguf/carvq_io.py), the PyTorch reference (embedding.py) and the llama.cpp op. Every tensor here
 is held in the precision it is stored in (F16 codebooks, F16 adaptor matrices, F32 biases and
 norms), so writing and reading back is bit-exact and the reference computes what llama.cpp
 computes.
@@ -17,8 +17,8 @@ K = 2**codebook_bits, G = number of codebook groups, see RvqConfig.n_groups):
     correction_rows  float16 [R, n]  added to those tokens' RVQ + adaptor output
 
 embedding(t) = rvq_decode(t) + adaptor(t) + (correction_rows[j] if correction_ids[j] == t).
-The correction rows spend extra bits on the few tokens that carry most of the text (see
-../shared/carvq-method.md: frequent tokens are the outliers that RVQ fits worst).
+The correction rows spend extra bits on the few tokens that carry most of the text (frequent
+tokens are the outliers that RVQ fits worst; docs/EXPERIMENTS.md).
 """
 
 from __future__ import annotations

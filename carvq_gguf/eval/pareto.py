@@ -6,7 +6,7 @@ Every variant keeps the source's other tensors byte for byte and its head: a tie
 explicitly as output.weight in the source's token_embd type (for stock types by gguf.rewrite.untie_head before
 llama-quantize, for CARVQ by the converter), so only the input embedding differs.
 
-Each step is cached by content hash (eval_cache): the untied source, the imatrix, every variant
+Each step is cached by content hash (eval/cache.py): the untied source, the imatrix, every variant
 file, the base logits and every measurement. A rerun only rebuilds what changed (e.g. a preset).
 """
 
@@ -28,7 +28,7 @@ from .cache import EvalCache, codec_code_version, content_hash, hash_key
 from .evaluate import EvalSettings, base_logits, check_text, embedding_size, evaluate_model
 
 VARIANTS_VERSION = 1  # bump when the way variant files are made changes
-# llama.cpp's token_embd types asked for in issue 5, plus Q5_0/Q4_0 (block 32) and the tree's
+# llama.cpp's usual token_embd types from 8 down to 1.6 bits, plus Q5_0/Q4_0 (block 32) and the tree's
 # Q2_0 (block 64) and Q1_0 (block 128) so that rows whose length is not a multiple of 256 still
 # get low-bit stock points; types the tree cannot use for a tensor are reported as such.
 STOCK_TYPES = ("Q8_0", "Q6_K", "Q5_0", "Q4_K", "IQ4_NL", "Q4_0", "Q3_K", "IQ3_XXS", "Q2_K", "Q2_0",
@@ -210,7 +210,7 @@ class _Refused(Exception):
 
 
 def run_pareto(source: Path, options: ParetoOptions | None = None, cache: EvalCache | None = None) -> dict:
-    """Build and measure every variant of source; returns the report data (see report.py)."""
+    """Build and measure every variant of source; returns the report data (see pareto_report.py)."""
     options = options if options is not None else ParetoOptions()
     source = Path(source)
     if not source.is_file():

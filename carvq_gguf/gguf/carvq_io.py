@@ -1,8 +1,8 @@
 """Write a CarvqState into a GGUF file and read it back, as docs/FORMAT.md specifies.
 
-This is the thin layer between the codec state (state.py) and gguf-py: it only turns tensors
+This is the thin layer between the codec state (codec/state.py) and gguf-py: it only turns tensors
 and settings into `carvq.*` keys and `carvq_*` tensors and back, and checks every key, type,
-shape, size and index range on the way in. Copying the rest of a model is convert/'s job.
+shape, size and index range on the way in. Copying the rest of a model is rewrite.py's job.
 """
 
 from __future__ import annotations

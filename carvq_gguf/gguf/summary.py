@@ -82,5 +82,5 @@ def _dump(path: str) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: gguf_tensors.py FILE.gguf")
+        sys.exit("usage: summary.py FILE.gguf")
     json.dump(_dump(sys.argv[1]), sys.stdout)

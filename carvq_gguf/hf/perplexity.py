@@ -3,7 +3,7 @@
 Windows: the text is tokenized once (no special tokens added); window i covers tokens
 [i * window, (i + 1) * window) for i < n_windows, consecutive and non-overlapping. Inside a
 window the model sees the whole window and only the second half is scored (each of its
-tokens has at least window / 2 tokens of context), as in ../shared/carvq-method.md. With the
+tokens has at least window / 2 tokens of context). With the
 defaults that is 8 x 256 = 2048 scored tokens. Deterministic: no sampling, no dropout.
 """
 
