@@ -16,7 +16,7 @@ from carvq_gguf.gguf import carvq_io
 from carvq_gguf.cli.main import main
 from carvq_gguf.convert.awq_fold import write_awq_base
 from carvq_gguf.convert.hf_source import hf_to_gguf
-from carvq_gguf.convert.pipeline import convert
+from carvq_gguf.convert.pipeline import ConvertOptions, convert
 from carvq_gguf.hf.model import load_causal_lm
 from carvq_gguf.errors import CarvqError
 from test_gguf_io import assert_states_identical
@@ -80,9 +80,8 @@ def test_gguf_fold_matches_torch(sources: dict[str, Path], tmp_path: Path, arch:
 @pytest.mark.runtime
 @pytest.mark.parametrize("arch", ARCHS)
 def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Path, arch: str) -> None:
-    plain = convert(sources[arch], tmp_path / "q4.gguf", "rvq-1.6", progress=False, quantize="Q4_0")
-    result = convert(sources[arch], tmp_path / "awq.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
-                     awq=True, awq_config=SMALL)
+    plain = convert(sources[arch], tmp_path / "q4.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0"))
+    result = convert(sources[arch], tmp_path / "awq.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0", awq=SMALL))
     assert result.awq is not None and result.awq["tensors_changed"] > 0
     assert result.awq["awq_error"] <= result.awq["rtn_error"]
 
@@ -107,10 +106,8 @@ def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Pa
 
 @pytest.mark.runtime
 def test_awq_with_carvq_calibrates_on_the_carvq_model(sources: dict[str, Path], tmp_path: Path) -> None:
-    dense = convert(sources["gemma3"], tmp_path / "dense.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
-                    awq=True, awq_config=SMALL)
-    on_carvq = convert(sources["gemma3"], tmp_path / "carvq.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
-                       awq=True, awq_config=SMALL, awq_with_carvq=True)
+    dense = convert(sources["gemma3"], tmp_path / "dense.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0", awq=SMALL))
+    on_carvq = convert(sources["gemma3"], tmp_path / "carvq.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0", awq=SMALL, awq_with_carvq=True))
     assert_states_identical(dense.state, on_carvq.state)  # the same codec either way
     assert dense.awq["rtn_error"] != on_carvq.awq["rtn_error"]  # the search saw other activations
     a = {t.name: np.asarray(t.data) for t in GGUFReader(dense.out_path).tensors}
@@ -118,15 +115,14 @@ def test_awq_with_carvq_calibrates_on_the_carvq_model(sources: dict[str, Path], 
     assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("blk."))
     assert np.isfinite(llama_logits(on_carvq.out_path)).all()
     with pytest.raises(CarvqError, match="give --awq too"):
-        convert(sources["gemma3"], tmp_path / "x.gguf", "rvq-1.6", quantize="Q4_0", awq_with_carvq=True)
+        convert(sources["gemma3"], tmp_path / "x.gguf", ConvertOptions("rvq-1.6", quantize="Q4_0", awq_with_carvq=True))
 
 
 @pytest.mark.runtime
 def test_awq_q4_k_m(sources: dict[str, Path], tmp_path: Path) -> None:
     """Q4_K_M goes through the same path (the search simulates asymmetric Q4_1-style blocks); the
     tiny model's 64-wide rows make llama.cpp fall back from the k-quants, as on SmolLM2's 576."""
-    result = convert(sources["llama-mha"], tmp_path / "k.gguf", "rvq-1.6", progress=False, quantize="Q4_K_M",
-                     awq=True, awq_config=SMALL)
+    result = convert(sources["llama-mha"], tmp_path / "k.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_K_M", awq=SMALL))
     out = GGUFReader(result.out_path)
     assert out.get_field("general.file_type").contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert result.awq["tensors_changed"] > 0
@@ -150,5 +146,5 @@ def test_awq_cli(sources: dict[str, Path], tmp_path: Path, capsys: pytest.Captur
 def test_awq_needs_a_4bit_type(sources: dict[str, Path], tmp_path: Path, quantize: str | None,
                                message: str) -> None:
     with pytest.raises(CarvqError, match=message):
-        convert(sources["llama-mha"], tmp_path / "o.gguf", "rvq-1.6", quantize=quantize, awq=True)
+        convert(sources["llama-mha"], tmp_path / "o.gguf", ConvertOptions("rvq-1.6", quantize=quantize, awq=awq.AwqConfig()))
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ from gguf import GGUFReader
 
 from carvq_gguf.gguf import carvq_io
 from carvq_gguf.gguf.inspect import inspect_file
-from carvq_gguf.convert.pipeline import convert
+from carvq_gguf.convert.pipeline import ConvertOptions, convert
 from carvq_gguf.errors import CarvqError
 from test_gguf_io import assert_states_identical
 from tiny_sources import make_tiny_hf
@@ -21,7 +21,7 @@ from tiny_sources import make_tiny_hf
 def test_quantize_keeps_carvq_tensors(tmp_path: Path) -> None:
     src = make_tiny_hf(tmp_path / "tiny", tied=True)
     base = tmp_path / "base.gguf"
-    result = convert(src, tmp_path / "q.gguf", "rvq-1.6", progress=False, keep_base=base, quantize="Q8_0")
+    result = convert(src, tmp_path / "q.gguf", ConvertOptions("rvq-1.6", progress=False, keep_base=base, quantize="Q8_0"))
     assert result.quantized == "Q8_0" and result.out_bytes < result.base_bytes
 
     out = GGUFReader(result.out_path)
@@ -42,5 +42,5 @@ def test_quantize_keeps_carvq_tensors(tmp_path: Path) -> None:
 @pytest.mark.runtime
 def test_quantize_unknown_type_fails_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(CarvqError, match="unknown quantization type 'Q9_X'"):
-        convert(tmp_path, tmp_path / "o.gguf", "rvq-1.6", quantize="Q9_X")
+        convert(tmp_path, tmp_path / "o.gguf", ConvertOptions("rvq-1.6", quantize="Q9_X"))
     assert list(tmp_path.iterdir()) == []

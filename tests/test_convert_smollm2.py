@@ -12,7 +12,7 @@ from gguf import GGUFReader
 from carvq_gguf.gguf import carvq_io
 from carvq_gguf.codec import presets
 from carvq_gguf.gguf.inspect import inspect_file
-from carvq_gguf.convert.pipeline import convert
+from carvq_gguf.convert.pipeline import ConvertOptions, convert
 from carvq_gguf.data.models import smollm2_gguf
 from carvq_gguf.codec.state import AdaptorConfig, RvqConfig
 from test_convert_gguf import raw_fields, raw_tensors
@@ -29,7 +29,7 @@ def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setitem(presets.PRESETS, FAST.name, FAST)
     source = smollm2_gguf()
-    result = convert(source, tmp_path / "smollm2-carvq.gguf", FAST.name, progress=False)
+    result = convert(source, tmp_path / "smollm2-carvq.gguf", ConvertOptions(FAST.name, progress=False))
 
     src, out = GGUFReader(source), GGUFReader(result.out_path)
     src_fields, out_fields = raw_fields(src), raw_fields(out)

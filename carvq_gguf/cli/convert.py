@@ -54,13 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert, then print sizes."""
-    from ..convert.pipeline import convert
+    from ..convert.pipeline import ConvertOptions, convert
 
-    result = convert(args.source, args.output, args.preset, calib_text=args.calib_text,
-                     output_type=args.output_type, base_type=args.base_type, seed=args.seed,
-                     progress=not args.no_progress, keep_base=args.keep_base,
-                     codec=args.codec, quantize=args.quantize, awq=args.awq,
-                     awq_config=AwqConfig(max_windows=args.awq_windows), awq_with_carvq=args.awq_with_carvq)
+    options = ConvertOptions(args.preset, calib_text=args.calib_text, output_type=args.output_type,
+                             base_type=args.base_type, seed=args.seed, progress=not args.no_progress,
+                             keep_base=args.keep_base, codec=args.codec, quantize=args.quantize,
+                             awq=AwqConfig(max_windows=args.awq_windows) if args.awq else None,
+                             awq_with_carvq=args.awq_with_carvq)
+    result = convert(args.source, args.output, options)
     delta = result.out_bytes - result.base_bytes
     print(f"wrote {result.out_path} ({megabytes(result.out_bytes)} MB), verified by reading it back")
     if result.awq:

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..gguf import carvq_io
-
-from ..gguf import names
+from ..atomic import atomic_output, same_file
 from ..awq.search import AwqConfig, quant_proxy
 from ..codec.state import CarvqState
 from ..errors import CarvqError
-from ..atomic import atomic_output, same_file
+from ..gguf import carvq_io, names
 from ..hf.calibration import calibration_token_ids
 from ..gguf.rewrite import output_head, parse_type, token_embedding, verify_carvq_model, write_carvq_model
 from .hf_source import hf_to_gguf
@@ -38,6 +36,52 @@ class ConvertResult:
     state: CarvqState
     quantized: str | None = None  # llama.cpp quantization type applied to the transformer weights
     awq: dict | None = None       # awq.summary of the scale search, when --awq ran
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How a conversion runs; the defaults are `carvq-gguf convert`'s.
+
+    preset: the codec recipe (unused with codec, a file written by `carvq-gguf compress -o`).
+    calib_text: importance weights and the AWQ search read it (None: the bundled calib.txt).
+    output_type: ggml type of the explicit head written for a tied model (None: token_embd's bytes).
+    base_type: convert_hf_to_gguf.py --outtype for an HF source.
+    keep_base: move the base GGUF made from an HF source there, instead of deleting it.
+    quantize: llama.cpp type (Q4_K_M ...) for the transformer weights, by the patched quantizer.
+    awq: AWQ settings to fold activation-aware scales in before quantizing (None: no AWQ);
+         awq_with_carvq runs that search with the CARVQ embedding in place of the dense one.
+    """
+
+    preset: str = "carvq-1.6"
+    calib_text: Path | None = None
+    output_type: str | None = None
+    base_type: str = "auto"
+    seed: int = 0
+    progress: bool = True
+    keep_base: Path | None = None
+    codec: Path | None = None
+    quantize: str | None = None
+    awq: AwqConfig | None = None
+    awq_with_carvq: bool = False
+
+    def check(self) -> "ConvertOptions":
+        """CarvqError now, before any work, for options that cannot run together; returns the
+        options with the AWQ block format fixed by the quantize type."""
+        if self.codec is None:
+            from ..codec.presets import get_preset
+
+            get_preset(self.preset)  # an unknown name fails now, not after the base GGUF is made
+        if self.quantize is not None:
+            from .quantize import check_quantize_type
+
+            check_quantize_type(self.quantize)
+        if self.awq_with_carvq and self.awq is None:
+            raise CarvqError("--awq-with-carvq changes how --awq calibrates; give --awq too")
+        if self.awq is None:
+            return self
+        if self.quantize is None:
+            raise CarvqError("--awq scales the weights for a 4-bit quantizer; give --quantize (e.g. Q4_0)")
+        return replace(self, awq=replace(self.awq, quant=quant_proxy(self.quantize)))
 
 
 def check_paths(source: Path, out: Path) -> None:
@@ -75,13 +119,13 @@ def read_calib_text(calib_text: Path | None) -> str:
         raise CarvqError(f"cannot read calibration text {path}: {e}") from e
 
 
-def make_state(source: Path, matrix: torch.Tensor, preset: str, calib_text: Path | None, seed: int,
-               progress: bool, codec: Path | None) -> CarvqState:
+def make_state(source: Path, matrix: torch.Tensor, options: ConvertOptions) -> CarvqState:
     """The codec for matrix: compressed now with preset, or loaded from a `compress -o` codec file."""
     from ..codec.compress import compress_matrix
     from ..codec.presets import get_preset
 
     V, n = matrix.shape
+    preset, codec = options.preset, options.codec
     if codec is not None:
         from ..codec.codec_file import load_codec
 
@@ -92,15 +136,15 @@ def make_state(source: Path, matrix: torch.Tensor, preset: str, calib_text: Path
         return state
     weights = None
     if get_preset(preset).train.weighted:
-        weights = calibration_weights(source, read_calib_text(calib_text), V)
+        weights = calibration_weights(source, read_calib_text(options.calib_text), V)
     print(f"[convert] compressing token_embd {V} x {n} with preset {preset}", file=sys.stderr)
-    return compress_matrix(matrix, preset, token_weights=weights, seed=seed, progress=progress)
+    return compress_matrix(matrix, preset, token_weights=weights, seed=options.seed, progress=options.progress)
 
 
-def write_verified(reader, state: CarvqState, tmp: Path, head, quantize: str | None,
-                   output_type: str | None, progress: bool) -> None:
+def write_verified(reader, state: CarvqState, tmp: Path, head, options: ConvertOptions) -> None:
     """Write the CARVQ-GGUF to tmp and verify it; with quantize, write an unquantized file next
     to it first, quantize that into tmp with llama.cpp and verify the quantized file too."""
+    quantize, output_type, progress = options.quantize, options.output_type, options.progress
     if quantize is None:
         write_carvq_model(reader, state, tmp, head, progress=progress)
         verify_carvq_model(reader, carvq_io.open_gguf(tmp), state, head)
@@ -120,76 +164,55 @@ def write_verified(reader, state: CarvqState, tmp: Path, head, quantize: str | N
         unquantized.unlink(missing_ok=True)
 
 
-def convert_gguf(source: Path, base: Path, out: Path, preset: str, calib_text: Path | None,
-                 output_type: str | None, seed: int, progress: bool, codec: Path | None = None,
-                 quantize: str | None = None, state: CarvqState | None = None) -> ConvertResult:
-    """Compress base's token_embd (or take codec, or state when already made) and write out;
-    source supplies the tokenizer."""
+def convert_gguf(source: Path, base: Path, out: Path, options: ConvertOptions, state: CarvqState | None = None,
+                 base_bytes: int | None = None, awq_summary: dict | None = None) -> ConvertResult:
+    """Compress base's token_embd (or take options.codec, or state when already made) and write out;
+    source supplies the tokenizer. base_bytes is the size the result compares against (default:
+    base's), awq_summary what the AWQ search reported."""
     reader = carvq_io.open_gguf(base)
     matrix, src_type = token_embedding(reader)
     if state is None:
-        state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
-    head = output_head(reader, matrix, output_type)
+        state = make_state(source, matrix, options)
+    head = output_head(reader, matrix, options.output_type)
     with atomic_output(out) as tmp:
-        write_verified(reader, state, tmp, head, quantize, output_type, progress)
+        write_verified(reader, state, tmp, head, options)
     embd = next(t for t in reader.tensors if t.name == names.TOKEN_EMBD)
     written = {t.name: t for t in carvq_io.open_gguf(out).tensors}
     out_head = written[names.OUTPUT] if head is not None else None
     return ConvertResult(
-        out_path=out, base_bytes=base.stat().st_size, out_bytes=out.stat().st_size,
-        token_embd_type=src_type.name, token_embd_bytes=int(embd.n_bytes),
+        out_path=out, base_bytes=base.stat().st_size if base_bytes is None else base_bytes,
+        out_bytes=out.stat().st_size, token_embd_type=src_type.name, token_embd_bytes=int(embd.n_bytes),
         carvq_bytes=sum(int(t.n_bytes) for name, t in written.items() if name.startswith(names.TENSOR_PREFIX)),
         head_type=None if out_head is None else out_head.tensor_type.name,
-        head_bytes=0 if out_head is None else int(out_head.n_bytes), state=state, quantized=quantize)
+        head_bytes=0 if out_head is None else int(out_head.n_bytes), state=state, quantized=options.quantize,
+        awq=awq_summary)
 
 
-def convert(source: Path, out: Path, preset: str, calib_text: Path | None = None,
-            output_type: str | None = None, base_type: str = "auto", seed: int = 0,
-            progress: bool = True, keep_base: Path | None = None, codec: Path | None = None,
-            quantize: str | None = None, awq: bool = False, awq_config: AwqConfig | None = None,
-            awq_with_carvq: bool = False) -> ConvertResult:
+def convert(source: Path, out: Path, options: ConvertOptions | None = None) -> ConvertResult:
     """Convert an HF model directory or a GGUF file into a CARVQ-GGUF at out.
 
-    An HF directory first goes through llama.cpp's convert_hf_to_gguf.py (base_type = its
-    --outtype); the base GGUF lives in a temporary directory next to out and is removed, unless
-    keep_base names a path to move it to (for comparison with the CARVQ-GGUF). codec, a file
-    written by `carvq-gguf compress -o`, replaces compressing here (preset and calib_text unused).
-    quantize (a llama.cpp type such as Q4_K_M) quantizes the transformer weights with the
-    patched llama.cpp quantizer, which leaves the CARVQ tensors as they are. awq (needs a 4-bit
-    quantize type) first folds activation-aware scales, searched on calib_text, into the weights;
-    awq_with_carvq runs that search with the CARVQ embedding in place of the dense one.
+    An HF directory first goes through llama.cpp's convert_hf_to_gguf.py; the base GGUF lives in a
+    temporary directory next to out and is removed unless options.keep_base names a path to move
+    it to (for comparison with the CARVQ-GGUF). With options.quantize the patched llama.cpp
+    quantizer, which leaves the CARVQ tensors as they are, quantizes the transformer weights;
+    options.awq first folds activation-aware scales, searched on the calibration text, into them.
     """
     source, out = Path(source), Path(out)
     check_paths(source, out)
-    if codec is None:
-        from ..codec.presets import get_preset
-
-        get_preset(preset)  # an unknown name fails now, not after the base GGUF is made
-    if quantize is not None:
-        from .quantize import check_quantize_type
-
-        check_quantize_type(quantize)
-    if awq_with_carvq and not awq:
-        raise CarvqError("--awq-with-carvq changes how --awq calibrates; give --awq too")
-    if awq:
-        if quantize is None:
-            raise CarvqError("--awq scales the weights for a 4-bit quantizer; give --quantize (e.g. Q4_0)")
-        awq_config = replace(awq_config or AwqConfig(), quant=quant_proxy(quantize))
+    options = (options or ConvertOptions()).check()
     with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
-        base = source if source.is_file() else hf_to_gguf(source, Path(tmp) / "base.gguf", base_type)
+        base = source if source.is_file() else hf_to_gguf(source, Path(tmp) / "base.gguf", options.base_type)
         scaled, awq_summary, state = base, None, None
-        if awq:
+        if options.awq is not None:
             from .awq_fold import make_awq_base
 
-            if awq_with_carvq:
+            if options.awq_with_carvq:
                 matrix, _ = token_embedding(carvq_io.open_gguf(base))
-                state = make_state(source, matrix, preset, calib_text, seed, progress, codec)
+                state = make_state(source, matrix, options)
             scaled = Path(tmp) / "awq.gguf"
-            awq_summary = make_awq_base(source, base, scaled, read_calib_text(calib_text), awq_config, progress,
-                                        embedding=state)
-        result = convert_gguf(source, scaled, out, preset, calib_text, output_type, seed, progress, codec, quantize,
-                              state)
-        result.base_bytes, result.awq = base.stat().st_size, awq_summary
-        if keep_base is not None and base != source:
-            shutil.move(base, keep_base)
+            awq_summary = make_awq_base(source, base, scaled, read_calib_text(options.calib_text), options.awq,
+                                        options.progress, embedding=state)
+        result = convert_gguf(source, scaled, out, options, state, base.stat().st_size, awq_summary)
+        if options.keep_base is not None and base != source:
+            shutil.move(base, options.keep_base)
         return result

@@ -79,7 +79,7 @@ class VariantFiles:
         """Every variant's file, by name."""
         from ..codec.codec_file import save_codec
         from ..convert.awq_fold import make_awq_base
-        from ..convert.pipeline import convert, read_calib_text
+        from ..convert.pipeline import ConvertOptions, convert, read_calib_text
         from ..convert.quantize import quantize_gguf
         from ..runtime.tools import build_imatrix, quantize_with_imatrix
 
@@ -87,7 +87,7 @@ class VariantFiles:
         files = {"source": self.source}
 
         def carvq(out: Path) -> None:
-            result = convert(self.source, out, o.preset, calib_text=o.calib_text, progress=o.progress)
+            result = convert(self.source, out, ConvertOptions(o.preset, calib_text=o.calib_text, progress=o.progress))
             self.codec = self.work / "embedding.carvq"
             save_codec(result.state, self.codec)
 
@@ -101,13 +101,13 @@ class VariantFiles:
         files["source + CARVQ"] = self._timed("source + CARVQ", carvq)
         files["Q4 RTN"] = self._timed("Q4 RTN", lambda out: quantize_gguf(self.source, out, q, None, o.threads))
         files["Q4 RTN + CARVQ"] = self._timed("Q4 RTN + CARVQ", lambda out: convert(
-            self.source, out, o.preset, codec=self.codec, quantize=q, progress=o.progress))
+            self.source, out, ConvertOptions(o.preset, codec=self.codec, quantize=q, progress=o.progress)))
         files["AWQ-Q4"] = self._timed("AWQ-Q4", awq_dense)
         files["AWQ-Q4 + CARVQ"] = self._timed("AWQ-Q4 + CARVQ", lambda out: convert(
-            scaled, out, o.preset, codec=self.codec, quantize=q, progress=o.progress))
+            scaled, out, ConvertOptions(o.preset, codec=self.codec, quantize=q, progress=o.progress)))
         files[AWQ_ON_CARVQ] = self._timed(AWQ_ON_CARVQ, lambda out: convert(
-            self.source, out, o.preset, calib_text=o.calib_text, codec=self.codec, quantize=q, awq=True,
-            awq_config=o.awq, awq_with_carvq=True, progress=o.progress))
+            self.source, out, ConvertOptions(o.preset, calib_text=o.calib_text, codec=self.codec, quantize=q, awq=o.awq,
+                                             awq_with_carvq=True, progress=o.progress)))
         imatrix = self._timed("imatrix", lambda out: build_imatrix(self.source, o.calib_text, out, o.ctx,
                                                                      o.imatrix_chunks, o.threads))
         files["Q4 imatrix"] = self._timed("Q4 imatrix", lambda out: quantize_with_imatrix(

@@ -99,9 +99,9 @@ def carvq_variant(source: Path, out: Path, preset: str, calib_text: Path | None 
                   progress: bool = True) -> dict:
     """Convert source with preset into out (a CARVQ-GGUF, tied head written explicitly); returns
     a summary of the conversion."""
-    from ..convert.pipeline import convert
+    from ..convert.pipeline import ConvertOptions, convert
 
-    result = convert(source, out, preset, calib_text=calib_text, seed=seed, progress=progress)
+    result = convert(source, out, ConvertOptions(preset, calib_text=calib_text, seed=seed, progress=progress))
     return {"preset": preset, "head_type": result.head_type, "carvq_bytes": result.carvq_bytes,
             "correction_rows": result.state.n_correction_rows, "recipe": recipe(result.state, preset)}
 
