@@ -28,46 +28,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from gguf import GGUFReader
 from tqdm import tqdm
 
-from carvq_gguf.runtime import build as runtime
-from carvq_gguf.eval import variants
+from carvq_gguf.codec.synthetic import random_state
 from carvq_gguf.data.models import smollm2_gguf
-from carvq_gguf.gguf import rewrite as gguf_source
-from carvq_gguf.codec.state import AdaptorConfig, CarvqState, RvqConfig
 from carvq_gguf.errors import CarvqError
+from carvq_gguf.gguf import rewrite as gguf_source
+from carvq_gguf.gguf.names import OUTPUT
+from carvq_gguf.runtime import build as runtime
 
-
-
-def random_state(vocab_size: int, embedding_dim: int, n_corrections: int = 1024, seed: int = 0) -> CarvqState:
-    """A valid CARVQ state of the paper's shape with random values."""
-    gen = torch.Generator().manual_seed(seed)
-    rvq = RvqConfig(subvector_dim=8, codebook_bits=4, levels=2, group_layout="column")
-    adaptor = AdaptorConfig(table_dim=16, hidden_dims=(384, 512))
-    V, n = vocab_size, embedding_dim
-    S, K, G = rvq.n_subvectors(n), rvq.codebook_size, rvq.n_groups(V, n)
-    state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor,
-                       codes=torch.randint(0, K, (V, rvq.levels, S), generator=gen, dtype=torch.uint8),
-                       codebooks=(0.02 * torch.randn(rvq.levels, G, K, 8, generator=gen)).half(),
-                       sigma0=torch.randn(V, 16, generator=gen).half(), preset="bench-random")
-    for d_in, d_out in adaptor.layer_dims(n):
-        state.linears.append(((torch.randn(d_out, d_in, generator=gen) / d_in ** 0.5).half(), torch.zeros(d_out)))
-    for _, d_out in adaptor.layer_dims(n)[:-1]:
-        state.norms.append((torch.ones(d_out), torch.zeros(d_out)))
-    R = min(n_corrections, V)
-    state.correction_ids = torch.randperm(V, generator=gen)[:R].sort().values.to(torch.int32)
-    state.correction_rows = (0.01 * torch.randn(R, n, generator=gen)).half()
-    state.check()
-    return state
 
 
 def make_carvq(source: Path, out: Path) -> Path:
     """Write source with token_embd replaced by a random paper-shaped CARVQ state."""
     reader = GGUFReader(source)
     matrix, _ = gguf_source.token_embedding(reader)
-    state = random_state(int(matrix.shape[0]), int(matrix.shape[1]))
+    V, n = int(matrix.shape[0]), int(matrix.shape[1])
+    state = random_state(V, n, levels=2, table_dim=16, hidden_dims=(384, 512), n_corrections=min(1024, V))
     gguf_source.write_carvq_model(reader, state, out, gguf_source.output_head(reader, matrix, None), progress=False)
     return out
 
@@ -106,9 +84,9 @@ def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, thread
 
 def dense_reference(model: Path, out: Path) -> Path:
     """model itself if it has output.weight, else a copy of it with the tied head made explicit."""
-    if gguf_source.find_tensor(GGUFReader(model), "output.weight") is not None:
+    if gguf_source.find_tensor(GGUFReader(model), OUTPUT) is not None:
         return model
-    variants.untie_head(model, out)
+    gguf_source.untie_head(model, out)
     return out
 
 
