@@ -11,7 +11,7 @@ from gguf import GGUFReader
 
 from carvq_gguf.gguf import carvq_io
 from carvq_gguf.cli.main import main
-from carvq_gguf.gguf.inspect import inspect_file
+from carvq_gguf.gguf.inspection import inspect_file
 from carvq_gguf.hf.calibration import calibration_token_ids
 from carvq_gguf.convert.hf_source import hf_to_gguf
 from carvq_gguf.convert.pipeline import ConvertOptions, convert

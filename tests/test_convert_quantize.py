@@ -10,7 +10,7 @@ import pytest
 from gguf import GGUFReader
 
 from carvq_gguf.gguf import carvq_io
-from carvq_gguf.gguf.inspect import inspect_file
+from carvq_gguf.gguf.inspection import inspect_file
 from carvq_gguf.convert.pipeline import ConvertOptions, convert
 from carvq_gguf.errors import CarvqError
 from test_gguf_io import assert_states_identical

@@ -11,7 +11,7 @@ from gguf import GGUFReader
 
 from carvq_gguf.gguf import carvq_io
 from carvq_gguf.codec import presets
-from carvq_gguf.gguf.inspect import inspect_file
+from carvq_gguf.gguf.inspection import inspect_file
 from carvq_gguf.convert.pipeline import ConvertOptions, convert
 from carvq_gguf.data.models import smollm2_gguf
 from carvq_gguf.codec.state import AdaptorConfig, RvqConfig

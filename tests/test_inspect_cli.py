@@ -10,7 +10,7 @@ from gguf import GGUFValueType
 
 from carvq_gguf.codec.bits import bpw, component_bits
 from carvq_gguf.cli.main import main
-from carvq_gguf.gguf.inspect import inspect_file
+from carvq_gguf.gguf.inspection import inspect_file
 from carvq_gguf.gguf import rewrite as gguf_source
 from conftest import make_random_state
 from test_gguf_io import write_state

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..gguf.inspect import format_report, inspect_file
+from ..gguf.inspection import format_report, inspect_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,8 @@ the gguf-py of the pinned llama.cpp tree.
 llama.cpp's quantizer can write ggml types (Q2_0, ...) that the gguf release on PyPI does not
 know yet, and gguf-py's reader refuses a file with an unknown type. So tensor_table() runs this
 file as a script in a subprocess with the pinned tree's gguf-py first on PYTHONPATH; the script
-part below imports nothing from carvq_gguf.
+part below imports nothing from carvq_gguf (and no module beside this file may shadow a standard
+library name, such as inspect.py: running the file puts this directory first on sys.path).
 """
 
 from __future__ import annotations
