@@ -15,6 +15,7 @@ from . import llama_perplexity
 from .cache import EvalCache, content_hash, hash_key
 from ..gguf.summary import GgufSummary, read_summary
 from ..errors import CarvqError
+from ..runtime.build import build_key  # the tools' build: a rebuilt llama.cpp invalidates results
 from ..gguf.names import KEY_EMBEDDING_LENGTH, KEY_VOCAB_SIZE, OUTPUT, TENSOR_PREFIX, TOKEN_EMBD
 
 EVAL_VERSION = 2  # bump when the way results are measured or parsed changes
@@ -86,16 +87,10 @@ def check_text(path: Path) -> None:
         raise CarvqError(f"evaluation text {path} is empty")
 
 
-def _tools_key() -> str:
-    from ..runtime import build as runtime
-
-    return runtime.build_key()
-
-
 def base_logits(base: Path, settings: EvalSettings, cache: EvalCache) -> tuple[Path, dict, str]:
     """The base model's saved log-probabilities on the settings' windows, its base run
     (perplexity, windows, ctx, scored tokens), both cached, and their cache key."""
-    key = hash_key("base", EVAL_VERSION, content_hash(base), settings.key(), _tools_key())
+    key = hash_key("base", EVAL_VERSION, content_hash(base), settings.key(), build_key())
     logits = cache.path("logits", key, ".logits")
     run = cache.load_json("base-runs", key)
     if run is None or not logits.is_file():
@@ -131,7 +126,7 @@ def evaluate_model(model: Path, settings: EvalSettings, base: Path | None = None
            "ctx": settings.ctx}
     model_hash = content_hash(model)
     if base is None:
-        key = hash_key("ppl", EVAL_VERSION, model_hash, settings.key(), _tools_key())
+        key = hash_key("ppl", EVAL_VERSION, model_hash, settings.key(), build_key())
 
         def measure_ppl() -> dict:
             start = time.monotonic()

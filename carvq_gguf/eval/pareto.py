@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..data import bundled_text
 from ..errors import CarvqError
 from ..gguf.rewrite import untie_head
+from ..runtime.build import build_key
 from ..runtime.tools import build_imatrix
 from . import variants
 from .cache import EvalCache, codec_code_version, content_hash, hash_key
@@ -101,11 +102,6 @@ class VariantBuilder:
 
         self.codec_version = codec_code_version()
 
-    def _tools_key(self) -> str:
-        from ..runtime import build as runtime
-
-        return runtime.build_key()
-
     def untied(self) -> Path:
         """The source with its tied head made explicit (the source itself if already untied)."""
         if self._untied is None:
@@ -122,7 +118,7 @@ class VariantBuilder:
         if self._imatrix is None:
             key = hash_key("imatrix", VARIANTS_VERSION, content_hash(self.untied()),
                            content_hash(self.options.calib_text), self.options.ctx, self.options.imatrix_chunks,
-                           self._tools_key())
+                           build_key())
             self._imatrix = self._timed(
                 key, "imatrix", ".gguf",
                 lambda tmp: build_imatrix(self.untied(), self.options.calib_text, tmp, self.options.ctx,
@@ -152,7 +148,7 @@ class VariantBuilder:
         untied = self.untied()
         imatrix = self.imatrix() if type_name.upper() in variants.IMATRIX_TYPES else None
         key = hash_key("stock", VARIANTS_VERSION, content_hash(untied), type_name,
-                       None if imatrix is None else content_hash(imatrix), self._tools_key())
+                       None if imatrix is None else content_hash(imatrix), build_key())
         record = self.cache.load_json("builds", key)
         model = self.cache.path("models", key, ".gguf")
         if record is not None and (record["actual"] is None or model.is_file()):
