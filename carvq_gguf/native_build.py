@@ -50,10 +50,13 @@ def build(llama_cpp_dir: Path | None = None, build_dir: Path | None = None,
           targets: tuple[str, ...] = PROGRAMS) -> Path:
     """Configure (once) and build targets; returns the directory holding the programs.
 
-    llama_cpp_dir / build_dir default to the cached patched tree and its sanitizer build
-    directory; passing a development tree and a build directory of one's own lets the same
-    programs be built against work in progress."""
+    llama_cpp_dir / build_dir default to $CARVQ_NATIVE_LLAMA_CPP / $CARVQ_NATIVE_BUILD when both
+    are set (a development tree with patches/ committed, and a build directory of one's own), else
+    to the cached patched tree and its sanitizer build directory."""
     runtime.require_programs("cmake", "c++")
+    if llama_cpp_dir is None and build_dir is None and os.environ.get("CARVQ_NATIVE_LLAMA_CPP") \
+            and os.environ.get("CARVQ_NATIVE_BUILD"):
+        llama_cpp_dir, build_dir = Path(os.environ["CARVQ_NATIVE_LLAMA_CPP"]), Path(os.environ["CARVQ_NATIVE_BUILD"])
     src = llama_cpp_dir or patched_source()
     out = build_dir or sdist.cache_dir() / "native" / f"asan-{_key()}"
     log = out / "build.log"
