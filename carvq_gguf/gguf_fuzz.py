@@ -156,8 +156,9 @@ def _carvq_keys(f: GgufFile) -> list[int]:
 
 
 def _model_keys(f: GgufFile) -> list[int]:
-    return [i for i, (k, _, _) in enumerate(f.kv)
-            if k.endswith((".embedding_length", ".vocab_size", ".block_count")) or k == "tokenizer.ggml.tokens"]
+    """The model keys the CARVQ checks compare against. Other model keys are left alone: llama.cpp
+    guards many of them with GGML_ASSERT (e.g. block_count), which is outside the CARVQ code."""
+    return [i for i, (k, _, _) in enumerate(f.kv) if k.endswith((".embedding_length", ".vocab_size"))]
 
 
 def _carvq_tensors(f: GgufFile) -> list[Tensor]:
