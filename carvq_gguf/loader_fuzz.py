@@ -8,6 +8,7 @@ run of thousands of cases within minutes.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -62,9 +63,10 @@ class Summary:
 
 
 def _message_key(message: str) -> str:
-    """The message without the function prefix and numbers, to count kinds of rejection."""
-    text = message.split("error loading model: ")[-1]
-    return "".join("#" if c.isdigit() else c for c in text)[:120]
+    """The start of a rejection's first error, without the logging function's name and with
+    digits masked, to count kinds of rejection."""
+    text = re.sub(r"^\w+: (error loading model: )?", "", message)
+    return re.sub(r"\d", "#", text)[:100]
 
 
 def _crash_cause(rc: int, stderr: str) -> str:

@@ -7,7 +7,7 @@
 //
 // For every file it prints, flushed, one line "BEGIN <path>" and then exactly one of
 //   "OK <path>"                          loaded, context created, a batch of tokens decoded
-//   "REJECTED <path>\t<message>"         refused with an error message (the last error logged)
+//   "REJECTED <path>\t<message>"         refused; the message is every error logged for the file
 // A file after which neither follows crashed the process (abort, signal or sanitizer report).
 // The caller restarts the program on the remaining files. Exit status 0 when every file ended
 // in OK or REJECTED.
@@ -20,15 +20,15 @@
 #include <string>
 #include <vector>
 
-static std::string g_error; // the last error-level message, assembled from its pieces
+static std::string g_error; // every error-level message of the current file, in order
 static bool        g_in_error = false;
 static bool        g_verbose  = false;
 static bool        g_load_mtp = false;
 
 static void log_callback(ggml_log_level level, const char * text, void * /*user_data*/) {
     if (level == GGML_LOG_LEVEL_ERROR) {
-        if (!g_in_error) {
-            g_error.clear();
+        if (!g_in_error && !g_error.empty()) {
+            g_error += " | ";
         }
         g_error += text;
         g_in_error = true;
