@@ -12,6 +12,7 @@ later run would mistake for a result.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -19,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from . import sdist
+from .errors import CarvqError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-CONVERT_DIR = PACKAGE_DIR.parent / "convert"
+# The modules that decide what a built CARVQ variant contains: the codec, the GGUF writer and the
+# converter package (not the evaluation modules, so editing those keeps built models).
+CODEC_MODULES = ("adaptor", "bits", "calib", "compress", "gguf_io", "kmeans", "presets", "rvq", "state",
+                 "packing", "baselines", "module", "codec_io")
+CODEC_PACKAGES = ("convert",)
 
 
 def hash_key(*parts: Any) -> str:
@@ -44,13 +49,28 @@ def content_hash(path: Path) -> str:
     return _FILE_HASHES[memo]
 
 
+def _source_files() -> list[Path]:
+    """The files of CODEC_MODULES and CODEC_PACKAGES, found by the import system (so an installed
+    copy hashes what it runs); CarvqError if one is missing."""
+    files = []
+    for name in CODEC_MODULES:
+        spec = importlib.util.find_spec(f"{__package__}.{name}")
+        if spec is None or spec.origin is None:
+            raise CarvqError(f"cannot find module {__package__}.{name} to version the codec")
+        files.append(Path(spec.origin))
+    for name in CODEC_PACKAGES:
+        spec = importlib.util.find_spec(f"{__package__}.{name}")
+        if spec is None or not spec.submodule_search_locations:
+            raise CarvqError(f"cannot find package {__package__}.{name} to version the codec")
+        for location in spec.submodule_search_locations:
+            files += sorted(Path(location).glob("*.py"))
+    return files
+
+
 def codec_code_version() -> str:
-    """Hash of the source files that decide what a CARVQ variant contains: the codec, the GGUF
-    writer and the converter (not the evaluation modules, so editing those keeps built models)."""
-    names = ("adaptor.py", "bits.py", "calib.py", "compress.py", "gguf_io.py", "kmeans.py", "presets.py",
-             "rvq.py", "state.py", "packing.py", "baselines.py", "module.py", "codec_io.py")
-    files = [PACKAGE_DIR / n for n in names if (PACKAGE_DIR / n).is_file()]
-    files += sorted(CONVERT_DIR.glob("*.py"))
+    """Hash of the source files that decide what a CARVQ variant contains, so a code change
+    invalidates built variants but an edit to the evaluation modules does not."""
+    files = _source_files()
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
