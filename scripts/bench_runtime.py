@@ -50,9 +50,9 @@ def make_carvq(source: Path, out: Path) -> Path:
     return out
 
 
-def bench_once(model: Path, n_prompt: int, n_gen: int, threads: int) -> float:
-    """tokens/s of one llama-bench repetition (pp if n_prompt else tg)."""
-    cmd = [str(runtime.tool_path("llama-bench")), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen),
+def bench_once(model: Path, n_prompt: int, n_gen: int, threads: int, tool: Path | None = None) -> float:
+    """tokens/s of one llama-bench repetition (pp if n_prompt else tg); tool: another llama-bench."""
+    cmd = [str(tool or runtime.tool_path("llama-bench")), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen),
            "-r", "1", "-t", str(threads), "-o", "json"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -61,7 +61,8 @@ def bench_once(model: Path, n_prompt: int, n_gen: int, threads: int) -> float:
     return float(rows[0]["avg_ts"])
 
 
-def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, threads: int) -> dict:
+def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, threads: int,
+          tool: Path | None = None) -> dict:
     """Interleaved repetitions; medians and ratios."""
     samples: dict[str, dict[str, list[float]]] = {k: {"pp": [], "tg": []} for k in ("dense", "carvq")}
     with tqdm(total=reps * 4, desc="llama-bench", file=sys.stderr) as bar:
@@ -69,7 +70,7 @@ def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, thread
             order = [("dense", dense), ("carvq", carvq)] if rep % 2 == 0 else [("carvq", carvq), ("dense", dense)]
             for test, (p, n) in (("pp", (n_prompt, 0)), ("tg", (0, n_gen))):
                 for name, path in order:
-                    samples[name][test].append(bench_once(path, p, n, threads))
+                    samples[name][test].append(bench_once(path, p, n, threads, tool))
                     bar.update()
     med = {name: {test: statistics.median(v) for test, v in tests.items()} for name, tests in samples.items()}
     return {
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--n-gen", type=int, default=64, help="generated tokens for tg")
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--llama-bench", type=Path, help="use this llama-bench (e.g. a development build)")
     args = parser.parse_args(argv)
     try:
         model = args.model or smollm2_gguf()
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             carvq = args.carvq or make_carvq(model, Path(tmp) / "carvq.gguf")
             dense = dense_reference(model, Path(tmp) / "dense-untied.gguf")
-            result = bench(dense, carvq, args.reps, args.n_prompt, args.n_gen, args.threads)
+            result = bench(dense, carvq, args.reps, args.n_prompt, args.n_gen, args.threads, args.llama_bench)
             result["source_model"] = str(model)
     except CarvqError as e:
         print(f"bench_runtime: error: {e}", file=sys.stderr)
