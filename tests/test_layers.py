@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "carvq_gguf"
 # layer of every subpackage and top-level module; a lower number is further down
 LAYERS = {
     "errors": 0,
-    "atomic": 1, "units": 1, "data": 1, "patches": 1,
+    "atomic": 1, "units": 1, "data": 1, "patches": 1, "native": 1,
     "runtime": 2, "codec": 2,
     "gguf": 3, "hf": 3, "awq": 3,
     "convert": 4,
@@ -86,7 +86,7 @@ def test_imports_only_point_down() -> None:
 def test_every_subpackage_has_a_layer() -> None:
     units = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} | {p.stem for p in PACKAGE.glob("*.py")}
     units.discard("__init__")
-    assert units | {"patches"} == set(LAYERS)
+    assert units | {"patches", "native"} == set(LAYERS)
 
 
 def test_the_runtime_imports_only_the_standard_library_at_import_time() -> None:
@@ -110,4 +110,4 @@ def test_pyproject_lists_every_package() -> None:
     config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
     listed = set(config["tool"]["setuptools"]["packages"])
     on_disk = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
-    assert listed == on_disk | {"carvq_gguf.patches"}
+    assert listed == on_disk | {"carvq_gguf.patches", "carvq_gguf.native"}

@@ -19,10 +19,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..native import NATIVE_DIR
 from . import build as runtime, sdist
 from ..errors import CarvqError
 
-NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
 PROGRAMS = ("carvq-load", "test-backend-ops")
 # A sanitizer report ends the process with one of these exit codes (nothing else uses them).
 ASAN_EXIT, UBSAN_EXIT = 86, 87
