@@ -26,6 +26,9 @@ class TrainConfig:
     weighted: use the token importance weights (calibration frequencies) for k-means, the
               adaptor's batch sampling and the choice of correction rows; otherwise every
               row weighs the same (as in the paper).
+    importance: "frequency" (calibration counts + floor) or "fisher" (counts times the model's
+              measured per-row sensitivity, model_importance.py; needs the model and its
+              tokenizer at fit time).
     """
 
     kmeans_iters: int = 15
@@ -33,6 +36,7 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 3e-3
     weighted: bool = True
+    importance: str = "frequency"
 
 
 @dataclass(frozen=True)
