@@ -85,3 +85,33 @@ def test_model_weights_need_a_tokenizer(tmp_path):
     save_tiny_llama(tmp_path, tie_word_embeddings=True)
     with pytest.raises(CarvqError, match="tokenizer"):
         model_token_weights(tmp_path, "some calibration text", 256)
+
+
+def test_convert_state_with_fisher_preset(tmp_path):
+    """convert's codec step runs the model-aware preset on an HF source, deterministically."""
+    from carvq_gguf.convert.pipeline import make_state
+    from tiny_sources import make_tiny_hf
+
+    src = make_tiny_hf(tmp_path / "hf", tied=True, vocab_size=8192)  # 1.6 bpw needs V >= ~7.7k at n = 64
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Return the number of items in a container. Open file and return a file object. " * 20)
+    matrix = _tiny_matrix(src)
+    a = make_state(src, matrix, "carvq-1.6-fisher", calib, 0, False, None)
+    b = make_state(src, matrix, "carvq-1.6-fisher", calib, 0, False, None)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.correction_ids, b.correction_ids)
+    assert torch.equal(a.correction_rows, b.correction_rows)
+
+
+def test_convert_fisher_preset_needs_a_tokenizer(tmp_path):
+    from carvq_gguf.convert.pipeline import make_state
+
+    save_tiny_llama(tmp_path, tie_word_embeddings=True)
+    with pytest.raises(CarvqError, match="tokenizer"):
+        make_state(tmp_path, _tiny_matrix(tmp_path), "carvq-1.6-fisher", None, 0, False, None)
+
+
+def _tiny_matrix(path):
+    from carvq_gguf.hf_model import input_embedding_matrix, load_causal_lm
+
+    model, _ = load_causal_lm(path)
+    return input_embedding_matrix(model)
