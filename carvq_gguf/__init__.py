@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name in ("AdaptorConfig", "CarvqState", "RvqConfig"):
-        from . import state
+        from .codec import state
         return getattr(state, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

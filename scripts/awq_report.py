@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from carvq_gguf.awq import AwqConfig
-from carvq_gguf.awq_report import AwqReportOptions, run_awq_report, write_awq_report
-from carvq_gguf.bundled import gemma3_270m_gguf, smollm2_gguf
+from carvq_gguf.awq.search import AwqConfig
+from carvq_gguf.eval.awq_report import AwqReportOptions, run_awq_report, write_awq_report
+from carvq_gguf.data.models import gemma3_270m_gguf, smollm2_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {"smollm2": (smollm2_gguf, "smollm2-135m"), "gemma3": (gemma3_270m_gguf, "gemma3-270m")}

@@ -28,51 +28,31 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from gguf import GGUFReader
 from tqdm import tqdm
 
-from carvq_gguf import runtime, variants
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.convert import gguf_source
-from carvq_gguf.state import AdaptorConfig, CarvqError, CarvqState, RvqConfig
+from carvq_gguf.codec.synthetic import random_state
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.errors import CarvqError
+from carvq_gguf.gguf import rewrite as gguf_source
+from carvq_gguf.gguf.names import OUTPUT
+from carvq_gguf.runtime import build as runtime
 
-
-
-def random_state(vocab_size: int, embedding_dim: int, n_corrections: int = 1024, seed: int = 0) -> CarvqState:
-    """A valid CARVQ state of the paper's shape with random values."""
-    gen = torch.Generator().manual_seed(seed)
-    rvq = RvqConfig(subvector_dim=8, codebook_bits=4, levels=2, group_layout="column")
-    adaptor = AdaptorConfig(table_dim=16, hidden_dims=(384, 512))
-    V, n = vocab_size, embedding_dim
-    S, K, G = rvq.n_subvectors(n), rvq.codebook_size, rvq.n_groups(V, n)
-    state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor,
-                       codes=torch.randint(0, K, (V, rvq.levels, S), generator=gen, dtype=torch.uint8),
-                       codebooks=(0.02 * torch.randn(rvq.levels, G, K, 8, generator=gen)).half(),
-                       sigma0=torch.randn(V, 16, generator=gen).half(), preset="bench-random")
-    for d_in, d_out in adaptor.layer_dims(n):
-        state.linears.append(((torch.randn(d_out, d_in, generator=gen) / d_in ** 0.5).half(), torch.zeros(d_out)))
-    for _, d_out in adaptor.layer_dims(n)[:-1]:
-        state.norms.append((torch.ones(d_out), torch.zeros(d_out)))
-    R = min(n_corrections, V)
-    state.correction_ids = torch.randperm(V, generator=gen)[:R].sort().values.to(torch.int32)
-    state.correction_rows = (0.01 * torch.randn(R, n, generator=gen)).half()
-    state.check()
-    return state
 
 
 def make_carvq(source: Path, out: Path) -> Path:
     """Write source with token_embd replaced by a random paper-shaped CARVQ state."""
     reader = GGUFReader(source)
     matrix, _ = gguf_source.token_embedding(reader)
-    state = random_state(int(matrix.shape[0]), int(matrix.shape[1]))
+    V, n = int(matrix.shape[0]), int(matrix.shape[1])
+    state = random_state(V, n, levels=2, table_dim=16, hidden_dims=(384, 512), n_corrections=min(1024, V))
     gguf_source.write_carvq_model(reader, state, out, gguf_source.output_head(reader, matrix, None), progress=False)
     return out
 
 
-def bench_once(model: Path, n_prompt: int, n_gen: int, threads: int) -> float:
-    """tokens/s of one llama-bench repetition (pp if n_prompt else tg)."""
-    cmd = [str(runtime.tool_path("llama-bench")), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen),
+def bench_once(model: Path, n_prompt: int, n_gen: int, threads: int, tool: Path | None = None) -> float:
+    """tokens/s of one llama-bench repetition (pp if n_prompt else tg); tool: another llama-bench."""
+    cmd = [str(tool or runtime.tool_path("llama-bench")), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen),
            "-r", "1", "-t", str(threads), "-o", "json"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -81,7 +61,8 @@ def bench_once(model: Path, n_prompt: int, n_gen: int, threads: int) -> float:
     return float(rows[0]["avg_ts"])
 
 
-def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, threads: int) -> dict:
+def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, threads: int,
+          tool: Path | None = None) -> dict:
     """Interleaved repetitions; medians and ratios."""
     samples: dict[str, dict[str, list[float]]] = {k: {"pp": [], "tg": []} for k in ("dense", "carvq")}
     with tqdm(total=reps * 4, desc="llama-bench", file=sys.stderr) as bar:
@@ -89,7 +70,7 @@ def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, thread
             order = [("dense", dense), ("carvq", carvq)] if rep % 2 == 0 else [("carvq", carvq), ("dense", dense)]
             for test, (p, n) in (("pp", (n_prompt, 0)), ("tg", (0, n_gen))):
                 for name, path in order:
-                    samples[name][test].append(bench_once(path, p, n, threads))
+                    samples[name][test].append(bench_once(path, p, n, threads, tool))
                     bar.update()
     med = {name: {test: statistics.median(v) for test, v in tests.items()} for name, tests in samples.items()}
     return {
@@ -104,9 +85,9 @@ def bench(dense: Path, carvq: Path, reps: int, n_prompt: int, n_gen: int, thread
 
 def dense_reference(model: Path, out: Path) -> Path:
     """model itself if it has output.weight, else a copy of it with the tied head made explicit."""
-    if gguf_source.find_tensor(GGUFReader(model), "output.weight") is not None:
+    if gguf_source.find_tensor(GGUFReader(model), OUTPUT) is not None:
         return model
-    variants.untie_head(model, out)
+    gguf_source.untie_head(model, out)
     return out
 
 
@@ -120,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--n-gen", type=int, default=64, help="generated tokens for tg")
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--llama-bench", type=Path, help="use this llama-bench (e.g. a development build)")
     args = parser.parse_args(argv)
     try:
         model = args.model or smollm2_gguf()
@@ -128,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             carvq = args.carvq or make_carvq(model, Path(tmp) / "carvq.gguf")
             dense = dense_reference(model, Path(tmp) / "dense-untied.gguf")
-            result = bench(dense, carvq, args.reps, args.n_prompt, args.n_gen, args.threads)
+            result = bench(dense, carvq, args.reps, args.n_prompt, args.n_gen, args.threads, args.llama_bench)
             result["source_model"] = str(model)
     except CarvqError as e:
         print(f"bench_runtime: error: {e}", file=sys.stderr)

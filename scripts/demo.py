@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.cli import main as carvq_gguf
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.cli.main import main as carvq_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,13 @@ import time
 
 import torch
 
-from carvq_gguf.calib import bundled_text, token_weights
-from carvq_gguf.compress import compress_matrix
-from carvq_gguf.hf_model import input_embedding_matrix, load_causal_lm, untie_output_head
-from carvq_gguf.model_importance import fisher_token_weights
-from carvq_gguf.module import CarvqEmbedding
-from carvq_gguf.perplexity import eval_windows, kl_divergence, perplexity_from_logprobs, tokenize_text, window_logprobs
+from carvq_gguf.codec.importance import token_weights
+from carvq_gguf.data import bundled_text
+from carvq_gguf.codec.compress import compress_matrix
+from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm, untie_output_head
+from carvq_gguf.hf.importance import fisher_token_weights
+from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.hf.perplexity import eval_windows, kl_divergence, perplexity_from_logprobs, tokenize_text, window_logprobs
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
             state = compress_matrix(matrix, preset, w, seed=0, progress=False)
             secs = time.perf_counter() - t
             with torch.no_grad():
-                emb.weight.copy_(CarvqEmbedding.from_state(state).decode_all())
+                emb.weight.copy_(CarvqEmbedding(state).decode_all())
             lp = window_logprobs(model, windows)
             with torch.no_grad():
                 emb.weight.copy_(matrix)

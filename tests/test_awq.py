@@ -8,8 +8,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, quants
 
-from carvq_gguf import awq
-from carvq_gguf.state import CarvqError
+from carvq_gguf.awq import search as awq
+from carvq_gguf.errors import CarvqError
 from tiny_sources import tiny_causal_lm
 
 ARCHS = ["llama", "llama-mha", "mistral", "qwen2", "qwen3", "gemma3"]
@@ -47,17 +47,16 @@ def test_fold_keeps_logits(arch: str) -> None:
     model = tiny_causal_lm(arch)
     outlier_channels(model)
     ids = calibration_ids(model.config.vocab_size)
-    config = awq.AwqConfig(seq_len=64, max_windows=8, search_tokens=256)
-    scales = awq.search_scales(model, ids, config, progress=False)
-    with_o = arch == "llama-mha"  # v -> o is foldable only when v is as wide as o's input
-    assert len(scales) == model.config.num_hidden_layers * (4 if with_o else 3)
-    assert any(g.alpha > 0 for g in scales)
-
+    config = awq.AwqConfig(seq_len=64, max_windows=8, search_tokens=256, clip=False)
     probe = ids[:48][None]
     with torch.no_grad():
         before = model(probe).logits
         weights_before = {k: v.clone() for k, v in model.state_dict().items()}
-        awq.fold_into_model(model, scales)
+    scales = awq.search(model, ids, config, progress=False).scales  # folds the scales into model
+    with_o = arch == "llama-mha"  # v -> o is foldable only when v is as wide as o's input
+    assert len(scales) == model.config.num_hidden_layers * (4 if with_o else 3)
+    assert any(g.alpha > 0 for g in scales)
+    with torch.no_grad():
         after = model(probe).logits
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, weights_before[k])]
     assert any("norm" in k for k in changed) and any("proj" in k for k in changed)
@@ -67,8 +66,8 @@ def test_fold_keeps_logits(arch: str) -> None:
 def test_scales_cut_simulated_error_on_outlier_channels() -> None:
     model = tiny_causal_lm("llama")
     outlier_channels(model)
-    scales = awq.search_scales(model, calibration_ids(model.config.vocab_size),
-                               awq.AwqConfig(seq_len=64, max_windows=8), progress=False)
+    scales = awq.search(model, calibration_ids(model.config.vocab_size),
+                        awq.AwqConfig(seq_len=64, max_windows=8, clip=False), progress=False).scales
     total = awq.summary(awq.AwqResult(scales, []))
     assert total["error_ratio"] < 0.8
     assert all(g.awq_error <= g.rtn_error for g in scales)
@@ -115,7 +114,7 @@ def test_unsupported_architecture_and_type() -> None:
     model = tiny_causal_lm("llama")
     model.config.model_type = "gpt2"
     with pytest.raises(CarvqError, match="does not know architecture 'gpt2'"):
-        awq.search_scales(model, calibration_ids(256), progress=False)
+        awq.search(model, calibration_ids(256), progress=False)
     with pytest.raises(CarvqError, match="4-bit llama.cpp types"):
         awq.quant_proxy("Q8_0")
     assert awq.quant_proxy("q4_k_m") == "q4_1"

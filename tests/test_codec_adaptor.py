@@ -2,8 +2,8 @@
 
 import torch
 
-from carvq_gguf.adaptor import train_adaptor
-from carvq_gguf.state import AdaptorConfig
+from carvq_gguf.codec.adaptor import train_adaptor
+from carvq_gguf.codec.state import AdaptorConfig
 
 
 def test_adaptor_lowers_l1_on_toy_matrix():

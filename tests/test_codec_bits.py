@@ -1,8 +1,8 @@
 """Bit accounting against a hand count, and the RTN baseline's bits."""
 
-from carvq_gguf.baselines import rtn_bits, rtn_bpw
-from carvq_gguf.bits import bits_from_config, bpw, component_bits
-from carvq_gguf.state import AdaptorConfig, RvqConfig
+from carvq_gguf.codec.baselines import rtn_bits, rtn_bpw
+from carvq_gguf.codec.bits import bits_from_config, bpw, component_bits
+from carvq_gguf.codec.state import AdaptorConfig, RvqConfig
 
 from conftest import make_random_state
 

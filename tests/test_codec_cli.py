@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from carvq_gguf.cli import main
-from carvq_gguf.codec_io import load_codec
-from carvq_gguf.module import CarvqEmbedding
+from carvq_gguf.cli.main import main
+from carvq_gguf.codec.codec_file import load_codec
+from carvq_gguf.codec.embedding import CarvqEmbedding
 
 from conftest import save_tiny_llama
 
@@ -60,7 +60,7 @@ def test_compress_cli_without_tokenizer_needs_no_eval(tmp_path, capsys):
                  "--no-eval"]) == 0
     state = load_codec(codec)
     assert state.adaptor.table_dim == 16 and state.rvq.group_layout == "block"
-    assert CarvqEmbedding.from_state(state).decode_all().shape == (V, 64)
+    assert CarvqEmbedding(state).decode_all().shape == (V, 64)
 
 
 def test_compress_cli_unknown_preset(tmp_path, capsys):

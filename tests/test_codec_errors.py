@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from carvq_gguf import rvq
-from carvq_gguf.calib import token_weights
-from carvq_gguf.codec_io import load_codec, save_codec
-from carvq_gguf.compress import compress_matrix
-from carvq_gguf.kmeans import kmeans
-from carvq_gguf.state import CarvqError, RvqConfig
+from carvq_gguf.codec import rvq
+from carvq_gguf.codec.importance import token_weights
+from carvq_gguf.codec.codec_file import load_codec, save_codec
+from carvq_gguf.codec.compress import compress_matrix
+from carvq_gguf.codec.kmeans import kmeans
+from carvq_gguf.codec.state import RvqConfig
+from carvq_gguf.errors import CarvqError
 
 from conftest import make_random_state
 

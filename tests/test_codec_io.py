@@ -2,13 +2,13 @@
 
 import torch
 
-from carvq_gguf.bits import bpw
-from carvq_gguf.calib import token_weights
-from carvq_gguf.codec_io import load_codec, save_codec
-from carvq_gguf.compress import compress_matrix, rvq_only, without_corrections
-from carvq_gguf.module import CarvqEmbedding
-from carvq_gguf.presets import Preset, PRESETS, TrainConfig
-from carvq_gguf.state import AdaptorConfig, RvqConfig
+from carvq_gguf.codec.bits import bpw
+from carvq_gguf.codec.importance import token_weights
+from carvq_gguf.codec.codec_file import load_codec, save_codec
+from carvq_gguf.codec.compress import compress_matrix, rvq_only, without_corrections
+from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.codec.presets import Preset, PRESETS, TrainConfig
+from carvq_gguf.codec.state import AdaptorConfig, RvqConfig
 
 from conftest import make_random_state
 
@@ -42,12 +42,12 @@ def test_compress_matrix_contract_and_determinism(monkeypatch):
     # correction rows go to the most frequent tokens and make them (F16-)exact
     top = torch.argsort(-w, stable=True)[:a.n_correction_rows].sort().values
     assert torch.equal(a.correction_ids.long(), top)
-    decoded = CarvqEmbedding.from_state(a).decode_all()
+    decoded = CarvqEmbedding(a).decode_all()
     assert torch.allclose(decoded[top], E[top], atol=2e-3)
-    plain = CarvqEmbedding.from_state(rvq_only(a)).decode_all()
+    plain = CarvqEmbedding(rvq_only(a)).decode_all()
     assert (decoded - E).abs().mean() < (plain - E).abs().mean()
     no_rows = without_corrections(a)
     assert no_rows.n_correction_rows == 0 and torch.equal(no_rows.sigma0, a.sigma0)
     rest = torch.ones(2048, dtype=torch.bool)
     rest[top] = False
-    assert torch.equal(CarvqEmbedding.from_state(no_rows).decode_all()[rest], decoded[rest])
+    assert torch.equal(CarvqEmbedding(no_rows).decode_all()[rest], decoded[rest])

@@ -2,7 +2,7 @@
 
 import torch
 
-from carvq_gguf.kmeans import _repair_empty, kmeans, squared_distances
+from carvq_gguf.codec.kmeans import _repair_empty, kmeans, squared_distances
 
 
 def _points(groups=3, n=200, h=4, seed=0):

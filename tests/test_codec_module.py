@@ -2,8 +2,9 @@
 
 import torch
 
-from carvq_gguf.module import CarvqEmbedding, replace_input_embedding
-from carvq_gguf.state import CarvqState
+from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.hf.model import replace_input_embedding
+from carvq_gguf.codec.state import CarvqState
 
 from conftest import make_random_state, save_tiny_llama
 
@@ -37,7 +38,7 @@ def _naive_decode(state: CarvqState, t: int) -> torch.Tensor:
 def test_decode_all_matches_naive_decode_column_and_block():
     for layout in ("column", "block"):
         state = make_random_state(group_layout=layout)
-        decoded = CarvqEmbedding.from_state(state).decode_all()
+        decoded = CarvqEmbedding(state).decode_all()
         naive = torch.stack([_naive_decode(state, t) for t in range(state.vocab_size)])
         diff = (decoded - naive).abs()
         # F32 sums in a different order may flip one F16 rounding of an MLP input: allow that
@@ -48,7 +49,7 @@ def test_decode_all_matches_naive_decode_column_and_block():
 
 def test_forward_shapes_and_dtype():
     state = make_random_state()
-    emb = CarvqEmbedding.from_state(state)
+    emb = CarvqEmbedding(state)
     ids = torch.tensor([[0, 5, 95], [3, 3, 1]])
     out = emb(ids)
     assert out.shape == (2, 3, 64) and out.dtype == torch.float32
@@ -58,14 +59,14 @@ def test_forward_shapes_and_dtype():
 
 def test_without_adaptor_or_corrections():
     state = make_random_state(table_dim=0, n_corrections=0)
-    emb = CarvqEmbedding.from_state(state)
+    emb = CarvqEmbedding(state)
     naive = torch.stack([_naive_decode(state, t) for t in range(state.vocab_size)])
     assert torch.allclose(emb.decode_all(), naive, atol=1e-6)
 
 
 def test_to_state_round_trip():
     state = make_random_state()
-    back = CarvqEmbedding.from_state(state).to_state()
+    back = CarvqEmbedding(state).to_state()
     assert torch.equal(back.codes, state.codes) and torch.equal(back.codebooks, state.codebooks)
     assert torch.equal(back.sigma0, state.sigma0) and back.linears[1][0].dtype == torch.float16
     assert torch.equal(back.correction_rows, state.correction_rows)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from carvq_gguf.bits import bpw_from_config
-from carvq_gguf.presets import PRESET_NAMES, get_preset
-from carvq_gguf.state import CarvqError
+from carvq_gguf.codec.bits import bpw_from_config
+from carvq_gguf.codec.presets import PRESET_NAMES, get_preset
+from carvq_gguf.errors import CarvqError
 
 BUDGETED = [name for name in PRESET_NAMES if get_preset(name).max_bpw is not None]
 

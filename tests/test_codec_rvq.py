@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from carvq_gguf import rvq
-from carvq_gguf.packing import pack_codes, unpack_codes
-from carvq_gguf.state import RvqConfig
+from carvq_gguf.codec import rvq
+from carvq_gguf.codec.packing import pack_codes, unpack_codes
+from carvq_gguf.codec.state import RvqConfig
 
 
 def _matrix(V=300, n=32, seed=0):

@@ -6,14 +6,15 @@ Takes one to two minutes (model load, compression, three perplexity runs on the 
 
 import pytest
 
-from carvq_gguf.baselines import rtn_quantize
-from carvq_gguf.bits import bpw
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.calib import bundled_text, text_token_weights
-from carvq_gguf.compress import compress_matrix
-from carvq_gguf.hf_model import input_embedding_matrix, load_causal_lm
-from carvq_gguf.module import replace_input_embedding, replace_input_matrix
-from carvq_gguf.perplexity import eval_windows, perplexity_from_logprobs, tokenize_text, window_logprobs
+from carvq_gguf.codec.baselines import rtn_quantize
+from carvq_gguf.codec.bits import bpw
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.codec.importance import text_token_weights
+from carvq_gguf.data import bundled_text
+from carvq_gguf.codec.compress import compress_matrix
+from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
+from carvq_gguf.hf.model import replace_input_embedding, replace_input_matrix
+from carvq_gguf.hf.perplexity import eval_windows, perplexity_from_logprobs, tokenize_text, window_logprobs
 
 @pytest.mark.slow
 def test_smollm2_carvq_1_6_beats_int2():

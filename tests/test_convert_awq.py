@@ -4,19 +4,21 @@ exactly as written."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from carvq_gguf import awq, gguf_io
-from carvq_gguf.cli import main
+from carvq_gguf.awq import search as awq
+from carvq_gguf.gguf import carvq_io
+from carvq_gguf.cli.main import main
 from carvq_gguf.convert.awq_fold import write_awq_base
 from carvq_gguf.convert.hf_source import hf_to_gguf
-from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.hf_model import load_causal_lm
-from carvq_gguf.state import CarvqError
+from carvq_gguf.convert.pipeline import ConvertOptions, convert
+from carvq_gguf.hf.model import load_causal_lm
+from carvq_gguf.errors import CarvqError
 from test_gguf_io import assert_states_identical
 from tiny_sources import SENTENCES, make_tiny_hf_arch
 
@@ -45,7 +47,7 @@ def test_gguf_fold_keeps_llama_cpp_logits(sources: dict[str, Path], tmp_path: Pa
     base = hf_to_gguf(sources[arch], tmp_path / "base.gguf", "f32")
     model, tokenizer = load_causal_lm(sources[arch])
     ids = tokenizer(" ".join(SENTENCES), return_tensors="pt").input_ids[0]
-    scales = awq.search_scales(model, ids, SMALL, progress=False)  # scales only: clipping changes the function
+    scales = awq.search(model, ids, replace(SMALL, clip=False), progress=False).scales  # clipping changes the function
     assert write_awq_base(GGUFReader(base), awq.AwqResult(scales, []), tmp_path / "awq.gguf", progress=False) > 0
 
     base_t = {t.name: np.asarray(t.data) for t in GGUFReader(base).tensors}
@@ -78,9 +80,8 @@ def test_gguf_fold_matches_torch(sources: dict[str, Path], tmp_path: Path, arch:
 @pytest.mark.runtime
 @pytest.mark.parametrize("arch", ARCHS)
 def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Path, arch: str) -> None:
-    plain = convert(sources[arch], tmp_path / "q4.gguf", "rvq-1.6", progress=False, quantize="Q4_0")
-    result = convert(sources[arch], tmp_path / "awq.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
-                     awq=True, awq_config=SMALL)
+    plain = convert(sources[arch], tmp_path / "q4.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0"))
+    result = convert(sources[arch], tmp_path / "awq.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0", awq=SMALL))
     assert result.awq is not None and result.awq["tensors_changed"] > 0
     assert result.awq["awq_error"] <= result.awq["rtn_error"]
 
@@ -88,9 +89,9 @@ def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Pa
     types = {t.name: t.tensor_type.name for t in out.tensors}
     assert types["blk.0.ffn_up.weight"] == "Q4_0" and types["blk.1.attn_q.weight"] == "Q4_0"
     # the CARVQ tensors are the ones the codec wrote, and the same as without --awq
-    state = gguf_io.read_carvq_state(out)
+    state = carvq_io.read_carvq_state(out)
     assert_states_identical(result.state, state)
-    assert_states_identical(gguf_io.read_carvq_state(GGUFReader(plain.out_path)), state)
+    assert_states_identical(carvq_io.read_carvq_state(GGUFReader(plain.out_path)), state)
     plain_t = {t.name: np.asarray(t.data) for t in GGUFReader(plain.out_path).tensors}
     assert any(not np.array_equal(plain_t[t.name], np.asarray(t.data)) for t in out.tensors
                if t.name.startswith("blk."))
@@ -105,10 +106,8 @@ def test_awq_q4_carvq_loads_and_generates(sources: dict[str, Path], tmp_path: Pa
 
 @pytest.mark.runtime
 def test_awq_with_carvq_calibrates_on_the_carvq_model(sources: dict[str, Path], tmp_path: Path) -> None:
-    dense = convert(sources["gemma3"], tmp_path / "dense.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
-                    awq=True, awq_config=SMALL)
-    on_carvq = convert(sources["gemma3"], tmp_path / "carvq.gguf", "rvq-1.6", progress=False, quantize="Q4_0",
-                       awq=True, awq_config=SMALL, awq_with_carvq=True)
+    dense = convert(sources["gemma3"], tmp_path / "dense.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0", awq=SMALL))
+    on_carvq = convert(sources["gemma3"], tmp_path / "carvq.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_0", awq=SMALL, awq_with_carvq=True))
     assert_states_identical(dense.state, on_carvq.state)  # the same codec either way
     assert dense.awq["rtn_error"] != on_carvq.awq["rtn_error"]  # the search saw other activations
     a = {t.name: np.asarray(t.data) for t in GGUFReader(dense.out_path).tensors}
@@ -116,19 +115,18 @@ def test_awq_with_carvq_calibrates_on_the_carvq_model(sources: dict[str, Path], 
     assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("blk."))
     assert np.isfinite(llama_logits(on_carvq.out_path)).all()
     with pytest.raises(CarvqError, match="give --awq too"):
-        convert(sources["gemma3"], tmp_path / "x.gguf", "rvq-1.6", quantize="Q4_0", awq_with_carvq=True)
+        convert(sources["gemma3"], tmp_path / "x.gguf", ConvertOptions("rvq-1.6", quantize="Q4_0", awq_with_carvq=True))
 
 
 @pytest.mark.runtime
 def test_awq_q4_k_m(sources: dict[str, Path], tmp_path: Path) -> None:
     """Q4_K_M goes through the same path (the search simulates asymmetric Q4_1-style blocks); the
     tiny model's 64-wide rows make llama.cpp fall back from the k-quants, as on SmolLM2's 576."""
-    result = convert(sources["llama-mha"], tmp_path / "k.gguf", "rvq-1.6", progress=False, quantize="Q4_K_M",
-                     awq=True, awq_config=SMALL)
+    result = convert(sources["llama-mha"], tmp_path / "k.gguf", ConvertOptions("rvq-1.6", progress=False, quantize="Q4_K_M", awq=SMALL))
     out = GGUFReader(result.out_path)
     assert out.get_field("general.file_type").contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert result.awq["tensors_changed"] > 0
-    assert_states_identical(result.state, gguf_io.read_carvq_state(out))
+    assert_states_identical(result.state, carvq_io.read_carvq_state(out))
     assert np.isfinite(llama_logits(result.out_path)).all()
 
 
@@ -148,5 +146,5 @@ def test_awq_cli(sources: dict[str, Path], tmp_path: Path, capsys: pytest.Captur
 def test_awq_needs_a_4bit_type(sources: dict[str, Path], tmp_path: Path, quantize: str | None,
                                message: str) -> None:
     with pytest.raises(CarvqError, match=message):
-        convert(sources["llama-mha"], tmp_path / "o.gguf", "rvq-1.6", quantize=quantize, awq=True)
+        convert(sources["llama-mha"], tmp_path / "o.gguf", ConvertOptions("rvq-1.6", quantize=quantize, awq=awq.AwqConfig()))
     assert list(tmp_path.iterdir()) == []

@@ -10,11 +10,11 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, quants
 
-from carvq_gguf import gguf_io
-from carvq_gguf.convert import gguf_source
-from carvq_gguf.convert.atomic import atomic_output
+from carvq_gguf.gguf import carvq_io
+from carvq_gguf.gguf import rewrite as gguf_source
+from carvq_gguf.atomic import atomic_output
 from carvq_gguf.convert.pipeline import check_paths
-from carvq_gguf.state import CarvqError
+from carvq_gguf.errors import CarvqError
 from conftest import make_random_state
 from test_gguf_io import assert_states_identical
 from tiny_sources import make_synthetic_gguf
@@ -67,7 +67,7 @@ def test_every_other_key_and_tensor_is_byte_identical(tmp_path: Path, tied: bool
     for name, value in src_t.items():
         if name != "token_embd.weight":
             assert out_t[name] == value, name
-    assert_states_identical(state, gguf_io.read_carvq_state(out))
+    assert_states_identical(state, carvq_io.read_carvq_state(out))
 
 
 def test_tied_head_copies_token_embd_bytes(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_tied_head_copies_token_embd_bytes(tmp_path: Path) -> None:
 
 def test_untied_model_gets_no_extra_head(tmp_path: Path) -> None:
     src, out, state, _, _ = convert_with_state(tmp_path, tied=False)
-    assert len(out.tensors) == len(src.tensors) - 1 + len(gguf_io.carvq_tensors(state))
+    assert len(out.tensors) == len(src.tensors) - 1 + len(carvq_io.carvq_tensors(state))
 
 
 def test_output_type_requantizes_the_head(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from carvq_gguf import gguf_io
-from carvq_gguf.cli import main
-from carvq_gguf.commands.inspect import inspect_file
-from carvq_gguf.convert.calibration import calibration_token_ids
+from carvq_gguf.gguf import carvq_io
+from carvq_gguf.cli.main import main
+from carvq_gguf.gguf.inspection import inspect_file
+from carvq_gguf.hf.calibration import calibration_token_ids
 from carvq_gguf.convert.hf_source import hf_to_gguf
-from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.state import CarvqError
+from carvq_gguf.convert.pipeline import ConvertOptions, convert
+from carvq_gguf.errors import CarvqError
 from test_convert_gguf import raw_fields, raw_tensors
 from test_gguf_io import assert_states_identical
 from tiny_sources import SENTENCES, make_tiny_hf
@@ -36,7 +36,7 @@ def converted(hf_dirs: dict[bool, Path], tmp_path_factory: pytest.TempPathFactor
     results = {}
     for tied, src in hf_dirs.items():
         base = root / f"base-{tied}.gguf"
-        result = convert(src, root / f"carvq-{tied}.gguf", PRESET, progress=False, keep_base=base)
+        result = convert(src, root / f"carvq-{tied}.gguf", ConvertOptions(PRESET, progress=False, keep_base=base))
         results[tied] = (result, GGUFReader(result.out_path), GGUFReader(base))
     return results
 
@@ -70,13 +70,13 @@ def test_hf_untied_has_no_extra_head(converted: dict) -> None:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_hf_conversion_reads_back_identically(converted: dict, tied: bool) -> None:
-    from carvq_gguf.module import CarvqEmbedding
+    from carvq_gguf.codec.embedding import CarvqEmbedding
 
     result, _, _ = converted[tied]
-    back = gguf_io.load_carvq_state(result.out_path)
+    back = carvq_io.load_carvq_state(result.out_path)
     assert_states_identical(result.state, back)
-    a = CarvqEmbedding.from_state(result.state).decode_all()
-    b = CarvqEmbedding.from_state(back).decode_all()
+    a = CarvqEmbedding(result.state).decode_all()
+    b = CarvqEmbedding(back).decode_all()
     assert torch.equal(a, b)
 
 
@@ -107,8 +107,8 @@ def test_gguf_source_conversion(converted: dict, tmp_path: Path) -> None:
     """The base GGUF (made from HF) as a GGUF source: the same codec as from the HF directory
     (the tokenizer inside the GGUF tokenizes differently, so only the settings are compared)."""
     base_path = Path(converted[True][2].data.filename)
-    result = convert(base_path, tmp_path / "from-gguf.gguf", PRESET, progress=False)
-    assert gguf_io.load_carvq_state(result.out_path).rvq == converted[True][0].state.rvq
+    result = convert(base_path, tmp_path / "from-gguf.gguf", ConvertOptions(PRESET, progress=False))
+    assert carvq_io.load_carvq_state(result.out_path).rvq == converted[True][0].state.rvq
     assert result.base_bytes == base_path.stat().st_size and result.head_type == "F16"
 
 
@@ -124,7 +124,7 @@ def test_base_gguf_script_failure_is_reported(tmp_path: Path) -> None:
 def test_bad_hf_dir_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CarvqError, match="has no config.json"):
-        convert(tmp_path / "empty", tmp_path / "o.gguf", PRESET, progress=False)
+        convert(tmp_path / "empty", tmp_path / "o.gguf", ConvertOptions(PRESET, progress=False))
     assert not (tmp_path / "o.gguf").exists()
 
 
@@ -143,20 +143,20 @@ def test_cli_convert_reports_size_change(converted: dict, tmp_path: Path, capsys
 
 
 def test_convert_with_a_saved_codec(converted: dict, tmp_path: Path) -> None:
-    from carvq_gguf.codec_io import save_codec
+    from carvq_gguf.codec.codec_file import save_codec
 
     result0, _, base = converted[True]
     save_codec(result0.state, tmp_path / "codec.pt")
     base_path = Path(base.data.filename)
-    result = convert(base_path, tmp_path / "c.gguf", "no-such-preset", codec=tmp_path / "codec.pt", progress=False)
-    assert_states_identical(result0.state, gguf_io.load_carvq_state(result.out_path))
+    result = convert(base_path, tmp_path / "c.gguf", ConvertOptions("no-such-preset", codec=tmp_path / "codec.pt", progress=False))
+    assert_states_identical(result0.state, carvq_io.load_carvq_state(result.out_path))
     from conftest import make_random_state
     save_codec(make_random_state(), tmp_path / "small.pt")
     with pytest.raises(CarvqError, match="is 96 x 64, but the model's token_embd is 256 x 64"):
-        convert(base_path, tmp_path / "d.gguf", PRESET, codec=tmp_path / "small.pt", progress=False)
+        convert(base_path, tmp_path / "d.gguf", ConvertOptions(PRESET, codec=tmp_path / "small.pt", progress=False))
 
 
 def test_unknown_preset_fails_before_any_work(hf_dirs: dict, tmp_path: Path) -> None:
     with pytest.raises(CarvqError, match="unknown preset 'nope'"):
-        convert(hf_dirs[True], tmp_path / "o.gguf", "nope", progress=False)
+        convert(hf_dirs[True], tmp_path / "o.gguf", ConvertOptions("nope", progress=False))
     assert list(tmp_path.iterdir()) == []

@@ -9,11 +9,12 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from carvq_gguf import gguf_io, presets
-from carvq_gguf.commands.inspect import inspect_file
-from carvq_gguf.convert.pipeline import convert
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.state import AdaptorConfig, RvqConfig
+from carvq_gguf.gguf import carvq_io
+from carvq_gguf.codec import presets
+from carvq_gguf.gguf.inspection import inspect_file
+from carvq_gguf.convert.pipeline import ConvertOptions, convert
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.codec.state import AdaptorConfig, RvqConfig
 from test_convert_gguf import raw_fields, raw_tensors
 
 
@@ -24,11 +25,11 @@ FAST = presets.Preset("test-fast", None, RvqConfig(subvector_dim=8, codebook_bit
 
 @pytest.mark.slow
 def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from carvq_gguf.module import CarvqEmbedding
+    from carvq_gguf.codec.embedding import CarvqEmbedding
 
     monkeypatch.setitem(presets.PRESETS, FAST.name, FAST)
     source = smollm2_gguf()
-    result = convert(source, tmp_path / "smollm2-carvq.gguf", FAST.name, progress=False)
+    result = convert(source, tmp_path / "smollm2-carvq.gguf", ConvertOptions(FAST.name, progress=False))
 
     src, out = GGUFReader(source), GGUFReader(result.out_path)
     src_fields, out_fields = raw_fields(src), raw_fields(out)
@@ -46,8 +47,8 @@ def test_convert_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # tied: the file grows by the CARVQ tensors (plus a little metadata and alignment)
     assert 0 <= result.out_bytes - result.base_bytes - result.carvq_bytes < 4096
 
-    back = gguf_io.read_carvq_state(out)
+    back = carvq_io.read_carvq_state(out)
     ids = torch.arange(0, 49152, 7)
-    a = CarvqEmbedding.from_state(result.state)(ids)
-    b = CarvqEmbedding.from_state(back)(ids)
+    a = CarvqEmbedding(result.state)(ids)
+    b = CarvqEmbedding(back)(ids)
     assert torch.equal(a, b)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import runtime
-from carvq_gguf.convert.pipeline import convert
+from carvq_gguf.runtime import build as runtime
+from carvq_gguf.convert.pipeline import ConvertOptions, convert
 from tiny_sources import make_tiny_hf
 
 LOAD_AND_EVAL = """
@@ -34,7 +34,7 @@ def run_stock(model: Path) -> subprocess.CompletedProcess:
 def test_stock_llama_cpp_refuses_carvq_gguf(tmp_path: Path) -> None:
     src = make_tiny_hf(tmp_path / "tiny", tied=True)
     base = tmp_path / "base.gguf"
-    result = convert(src, tmp_path / "carvq.gguf", "rvq-1.6", progress=False, keep_base=base)
+    result = convert(src, tmp_path / "carvq.gguf", ConvertOptions("rvq-1.6", progress=False, keep_base=base))
 
     control = run_stock(base)
     assert control.returncode == 0 and "EVAL-OK" in control.stdout, control.stderr[-2000:]

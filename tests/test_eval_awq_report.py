@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import awq_report
-from carvq_gguf.awq import AwqConfig
-from carvq_gguf.awq_report import VARIANTS, AwqReportOptions, findings, run_awq_report, write_awq_report
-from carvq_gguf.eval_cache import EvalCache
+from carvq_gguf.eval import awq_report
+from carvq_gguf.awq.search import AwqConfig
+from carvq_gguf.eval.awq_report import VARIANTS, AwqReportOptions, findings, run_awq_report, write_awq_report
+from carvq_gguf.eval.cache import EvalCache
 from tiny_sources import SENTENCES, make_tiny_hf
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import eval_cache
-from carvq_gguf.eval_cache import EvalCache, codec_code_version, content_hash, hash_key
-from carvq_gguf.evaluate import EvalSettings
+from carvq_gguf.eval import cache as eval_cache
+from carvq_gguf.errors import CarvqError
+from carvq_gguf.eval.cache import EvalCache, codec_code_version, content_hash, hash_key
+from carvq_gguf.eval.evaluate import EvalSettings
 
 
 def test_hash_key_depends_on_every_part() -> None:
@@ -45,21 +46,18 @@ def test_eval_settings_key_changes_with_text_and_windows(tmp_path: Path) -> None
 
 
 def test_codec_code_version_changes_with_a_codec_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pkg, conv = tmp_path / "pkg", tmp_path / "convert"
-    pkg.mkdir()
-    conv.mkdir()
-    (pkg / "presets.py").write_text("A = 1\n")
-    (conv / "pipeline.py").write_text("B = 1\n")
-    (pkg / "evaluate.py").write_text("C = 1\n")
-    monkeypatch.setattr(eval_cache, "PACKAGE_DIR", pkg)
-    monkeypatch.setattr(eval_cache, "CONVERT_DIR", conv)
+    names = {path.name for path in eval_cache._source_files()}
+    assert {"presets.py", "rvq.py", "pipeline.py"} <= names and "evaluate.py" not in names
+    presets, pipeline = tmp_path / "presets.py", tmp_path / "pipeline.py"
+    presets.write_text("A = 1\n")
+    pipeline.write_text("B = 1\n")
+    monkeypatch.setattr(eval_cache, "_source_files", lambda: [presets, pipeline])
     first = codec_code_version()
-    (pkg / "evaluate.py").write_text("C = 2\n")  # not a codec file: built models stay valid
     assert codec_code_version() == first
-    (pkg / "presets.py").write_text("A = 2\n")
+    presets.write_text("A = 2\n")
     second = codec_code_version()
     assert second != first
-    (conv / "pipeline.py").write_text("B = 2\n")
+    pipeline.write_text("B = 2\n")
     assert codec_code_version() != second
 
 
@@ -110,3 +108,14 @@ def test_temporaries_of_killed_builders_are_removed(tmp_path: Path) -> None:
     live.write_text("being written")
     EvalCache(tmp_path)
     assert not stale.exists() and live.exists()
+
+
+def test_codec_version_hashes_the_files_the_import_system_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import carvq_gguf.convert.pipeline as pipeline
+
+    files = eval_cache._source_files()
+    assert Path(pipeline.__file__) in files  # the converter package, wherever it is installed
+    assert all(path.is_file() for path in files)
+    monkeypatch.setattr(eval_cache, "CODEC_MODULES", (*eval_cache.CODEC_MODULES, "no_such_module"))
+    with pytest.raises(CarvqError, match="no_such_module"):
+        eval_cache.codec_code_version()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf.cli import main
+from carvq_gguf.cli.main import main
 
 
 def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

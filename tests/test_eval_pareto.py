@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf.eval_cache import EvalCache
-from carvq_gguf.gguf_tensors import read_summary
-from carvq_gguf.pareto import ParetoOptions, run_pareto
-from carvq_gguf.report import write_report
-from carvq_gguf import variants
+from carvq_gguf.eval.cache import EvalCache
+from carvq_gguf.gguf.summary import read_summary
+from carvq_gguf.eval.pareto import ParetoOptions, run_pareto
+from carvq_gguf.eval.pareto_report import write_report
+from carvq_gguf.eval import variants
+from carvq_gguf.gguf.rewrite import untie_head
+from carvq_gguf.runtime.tools import build_imatrix
 from tiny_sources import SENTENCES, make_tiny_hf
 
 pytestmark = pytest.mark.runtime
@@ -91,7 +93,7 @@ def test_pareto_two_variants(tiny_source: Path, texts: tuple[Path, Path], tmp_pa
 
 def test_stock_types_change_only_token_embd(tiny_source: Path, tmp_path: Path) -> None:
     untied = tmp_path / "untied.gguf"
-    variants.untie_head(tiny_source, untied)
+    untie_head(tiny_source, untied)
     before = read_summary(untied)
     out = tmp_path / "q2_0.gguf"
     outcome = variants.quantize_token_embd(untied, out, "Q2_0")
@@ -114,9 +116,9 @@ def test_stock_types_change_only_token_embd(tiny_source: Path, tmp_path: Path) -
 def test_imatrix_is_built_on_calibration_text_and_reported(tiny_source: Path, texts: tuple[Path, Path],
                                                            tmp_path: Path) -> None:
     untied = tmp_path / "untied.gguf"
-    variants.untie_head(tiny_source, untied)
+    untie_head(tiny_source, untied)
     imatrix = tmp_path / "imatrix.gguf"
-    variants.build_imatrix(untied, texts[1], imatrix, ctx=CTX, chunks=4)
+    build_imatrix(untied, texts[1], imatrix, ctx=CTX, chunks=4)
     outcome = variants.quantize_token_embd(untied, tmp_path / "iq4.gguf", "IQ4_NL", imatrix)
     assert outcome.actual == "IQ4_NL"
     assert f"imatrix datasets=['{texts[1]}']" in outcome.log  # made from the calibration text
@@ -126,11 +128,11 @@ def test_imatrix_is_built_on_calibration_text_and_reported(tiny_source: Path, te
 
 def test_eval_cli_with_base(tiny_source: Path, texts: tuple[Path, Path], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    from carvq_gguf.cli import main
+    from carvq_gguf.cli.main import main
 
     q4 = tmp_path / "q4.gguf"
     untied = tmp_path / "untied.gguf"
-    variants.untie_head(tiny_source, untied)
+    untie_head(tiny_source, untied)
     variants.quantize_token_embd(untied, q4, "Q4_0")
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     args = ["eval", str(q4), "--text", str(texts[0]), "--base", str(tiny_source), "--ctx", str(CTX),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import llama_eval
-from carvq_gguf.llama_eval import TruncatedOutput, parse_kld_output, parse_perplexity_output, scored_tokens
-from carvq_gguf.state import CarvqError
+from carvq_gguf.eval import llama_perplexity
+from carvq_gguf.eval.llama_perplexity import TruncatedOutput, parse_kld_output, parse_perplexity_output, scored_tokens
+from carvq_gguf.errors import CarvqError
 
 DATA = Path(__file__).parent / "data" / "llama_perplexity"
 
@@ -77,13 +77,13 @@ def test_outputs_cut_before_the_result_window() -> None:
 def test_runner_repeats_a_cut_run(monkeypatch: pytest.MonkeyPatch) -> None:
     cut = _cut_after(_read("kld_tiny_cut.txt"), "\n   4 ")
     outputs = [cut, cut, _read("kld_tiny.txt")]
-    monkeypatch.setattr(llama_eval, "_run", lambda cmd, desc: outputs.pop(0))
-    run, _ = llama_eval._run_parsed(["x"], "test", lambda out: parse_kld_output(out, 5))
+    monkeypatch.setattr(llama_perplexity, "_run", lambda cmd, desc: outputs.pop(0))
+    run, _ = llama_perplexity._run_parsed(["x"], "test", lambda out: parse_kld_output(out, 5))
     assert run.kld == pytest.approx(0.00068) and outputs == []
 
-    monkeypatch.setattr(llama_eval, "_run", lambda cmd, desc: cut)
+    monkeypatch.setattr(llama_perplexity, "_run", lambda cmd, desc: cut)
     with pytest.raises(TruncatedOutput):
-        llama_eval._run_parsed(["x"], "test", lambda out: parse_kld_output(out, 5))
+        llama_perplexity._run_parsed(["x"], "test", lambda out: parse_kld_output(out, 5))
 
 
 def test_log_cut_before_the_scoring_is_retried() -> None:
@@ -138,9 +138,9 @@ def test_live_run_of_the_built_tool(tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text(" ".join(SENTENCES * 3))
     logits = tmp_path / "base.logits"
-    base, _ = llama_eval.run_base(model, text, logits, ctx=64, windows=4)
+    base, _ = llama_perplexity.run_base(model, text, logits, ctx=64, windows=4)
     assert (base.windows, base.saved_windows) == (4, 5) and base.ppl > 1 and logits.stat().st_size > 0
-    same, _ = llama_eval.run_kld(model, logits, windows=4, ctx=64)
+    same, _ = llama_perplexity.run_kld(model, logits, windows=4, ctx=64)
     assert same.windows == 4
     assert same.kld == pytest.approx(0, abs=1e-4) and same.ppl == pytest.approx(base.ppl, rel=1e-3)
     assert same.same_top_p == pytest.approx(100.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from carvq_gguf.report import comparisons, from_scratch_seconds, markdown, stock_points, write_report
+from carvq_gguf.eval.pareto_report import comparisons, from_scratch_seconds, markdown, stock_points, write_report
 
 
 def _row(name: str, method: str, actual: str, bpw: float, dppl: float, kld: float) -> dict:

@@ -11,8 +11,9 @@ import torch
 from gguf import GGUFValueType, GGUFWriter
 from gguf.gguf_writer import GGUFValue
 
-from carvq_gguf import gguf_io
-from carvq_gguf.state import CarvqError, CarvqState
+from carvq_gguf.gguf import carvq_io
+from carvq_gguf.codec.state import CarvqState
+from carvq_gguf.errors import CarvqError
 from conftest import make_random_state
 
 
@@ -21,12 +22,12 @@ def write_state(path: Path, state: CarvqState, set_keys: dict | None = None, dro
     """Write state as a CARVQ-only llama GGUF, optionally tampering with keys and tensors."""
     writer = GGUFWriter(path, "llama")
     writer.add_uint32("llama.embedding_length", state.embedding_dim)
-    gguf_io.add_carvq_metadata(writer, state)
+    carvq_io.add_carvq_metadata(writer, state)
     for key, (value, vtype) in (set_keys or {}).items():
         writer.kv_data[0][key] = GGUFValue(value=value, type=vtype)
     for key in drop_keys:
         del writer.kv_data[0][key]
-    for name, arr in gguf_io.carvq_tensors(state):
+    for name, arr in carvq_io.carvq_tensors(state):
         if name in drop_tensors:
             continue
         writer.add_tensor(name, (replace_tensors or {}).get(name, arr))
@@ -68,21 +69,21 @@ def assert_states_identical(a: CarvqState, b: CarvqState) -> None:
 def test_round_trip_is_identical(tmp_path: Path, kwargs: dict) -> None:
     state = make_random_state(**kwargs)
     path = write_state(tmp_path / "s.gguf", state)
-    back = gguf_io.load_carvq_state(path)
+    back = carvq_io.load_carvq_state(path)
     assert_states_identical(state, back)
 
 
 def test_round_trip_keeps_norm_eps_and_layout_values(tmp_path: Path) -> None:
     state = make_random_state(group_layout="block")
     state.adaptor = dataclasses.replace(state.adaptor, norm_eps=1e-5)
-    back = gguf_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))
+    back = carvq_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))
     assert back.adaptor.norm_eps == 1e-5
     assert back.rvq.group_size == state.rvq.group_size == 40
 
 
 def test_keys_and_tensor_layout_match_format(tmp_path: Path) -> None:
     state = make_random_state()
-    reader = gguf_io.open_gguf(write_state(tmp_path / "s.gguf", state))
+    reader = carvq_io.open_gguf(write_state(tmp_path / "s.gguf", state))
     tensors = {t.name: t for t in reader.tensors}
     V, n, L, S = 96, 64, 2, 8
     assert [int(d) for d in tensors["carvq_codes"].shape] == [L * S // 2, V]
@@ -101,7 +102,7 @@ def test_keys_and_tensor_layout_match_format(tmp_path: Path) -> None:
 def _bad(tmp_path: Path, **tamper) -> str:
     path = write_state(tmp_path / "bad.gguf", tamper.pop("state", None) or make_random_state(), **tamper)
     with pytest.raises(CarvqError) as e:
-        gguf_io.load_carvq_state(path)
+        carvq_io.load_carvq_state(path)
     return str(e.value)
 
 
@@ -203,22 +204,22 @@ def test_rejects_truncated_file(tmp_path: Path) -> None:
         short = tmp_path / f"cut{cut}.gguf"
         short.write_bytes(data[:cut])
         with pytest.raises(CarvqError, match="truncated"):
-            gguf_io.load_carvq_state(short)
+            carvq_io.load_carvq_state(short)
 
 
 def test_rejects_non_gguf_file(tmp_path: Path) -> None:
     path = tmp_path / "x.gguf"
     path.write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(CarvqError, match="not a readable GGUF"):
-        gguf_io.load_carvq_state(path)
+        carvq_io.load_carvq_state(path)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"group_layout": "block", "levels": 3}, {"table_dim": 0}])
 def test_reader_decode_is_bit_identical(tmp_path: Path, kwargs: dict) -> None:
-    from carvq_gguf.module import CarvqEmbedding
+    from carvq_gguf.codec.embedding import CarvqEmbedding
 
     state = make_random_state(**kwargs)
-    back = gguf_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))
-    a = CarvqEmbedding.from_state(state).decode_all()
-    b = CarvqEmbedding.from_state(back).decode_all()
+    back = carvq_io.load_carvq_state(write_state(tmp_path / "s.gguf", state))
+    a = CarvqEmbedding(state).decode_all()
+    b = CarvqEmbedding(back).decode_all()
     assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from gguf import GGUFValueType
 
-from carvq_gguf.bits import bpw, component_bits
-from carvq_gguf.cli import main
-from carvq_gguf.commands.inspect import inspect_file
-from carvq_gguf.convert import gguf_source
+from carvq_gguf.codec.bits import bpw, component_bits
+from carvq_gguf.cli.main import main
+from carvq_gguf.gguf.inspection import inspect_file
+from carvq_gguf.gguf import rewrite as gguf_source
 from conftest import make_random_state
 from test_gguf_io import write_state
 from tiny_sources import make_synthetic_gguf

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from carvq_gguf.calib import token_weights
-from carvq_gguf.compress import compress_matrix
-from carvq_gguf.model_importance import (SENSITIVITY_CLAMP, fisher_row_scores, fisher_token_weights,
+from carvq_gguf.codec.importance import token_weights
+from carvq_gguf.codec.compress import compress_matrix
+from carvq_gguf.hf.importance import (SENSITIVITY_CLAMP, fisher_row_scores, fisher_token_weights,
                                          model_token_weights)
-from carvq_gguf.module import CarvqEmbedding
-from carvq_gguf.state import CarvqError
+from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.errors import CarvqError
 from conftest import save_tiny_llama
 
 
@@ -77,7 +77,7 @@ def test_fisher_weights_lower_calibration_kl(tmp_path):
     for name, w in {"freq": token_weights(ids.tolist(), 256),
                     "fisher": fisher_token_weights(model, ids, window=64)}.items():
         state = compress_matrix(matrix, "rvq-1.6", w, seed=0, progress=False)
-        kls[name] = _calib_kl(model, CarvqEmbedding.from_state(state).decode_all(), ids)
+        kls[name] = _calib_kl(model, CarvqEmbedding(state).decode_all(), ids)
     assert kls["fisher"] < kls["freq"], kls
 
 
@@ -89,29 +89,29 @@ def test_model_weights_need_a_tokenizer(tmp_path):
 
 def test_convert_state_with_fisher_preset(tmp_path):
     """convert's codec step runs the model-aware preset on an HF source, deterministically."""
-    from carvq_gguf.convert.pipeline import make_state
+    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
     from tiny_sources import make_tiny_hf
 
     src = make_tiny_hf(tmp_path / "hf", tied=True, vocab_size=8192)  # 1.6 bpw needs V >= ~7.7k at n = 64
     calib = tmp_path / "calib.txt"
     calib.write_text("Return the number of items in a container. Open file and return a file object. " * 20)
     matrix = _tiny_matrix(src)
-    a = make_state(src, matrix, "carvq-1.6-fisher", calib, 0, False, None)
-    b = make_state(src, matrix, "carvq-1.6-fisher", calib, 0, False, None)
+    a = make_state(src, matrix, ConvertOptions(preset="carvq-1.6-fisher", calib_text=calib, progress=False))
+    b = make_state(src, matrix, ConvertOptions(preset="carvq-1.6-fisher", calib_text=calib, progress=False))
     assert torch.equal(a.codes, b.codes) and torch.equal(a.correction_ids, b.correction_ids)
     assert torch.equal(a.correction_rows, b.correction_rows)
 
 
 def test_convert_fisher_preset_needs_a_tokenizer(tmp_path):
-    from carvq_gguf.convert.pipeline import make_state
+    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
 
     save_tiny_llama(tmp_path, tie_word_embeddings=True)
     with pytest.raises(CarvqError, match="tokenizer"):
-        make_state(tmp_path, _tiny_matrix(tmp_path), "carvq-1.6-fisher", None, 0, False, None)
+        make_state(tmp_path, _tiny_matrix(tmp_path), ConvertOptions(preset="carvq-1.6-fisher", progress=False))
 
 
 def _tiny_matrix(path):
-    from carvq_gguf.hf_model import input_embedding_matrix, load_causal_lm
+    from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
 
     model, _ = load_causal_lm(path)
     return input_embedding_matrix(model)

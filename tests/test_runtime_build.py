@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from carvq_gguf import runtime, sdist
-from carvq_gguf.state import CarvqError
+from carvq_gguf.runtime import build as runtime
+from carvq_gguf.runtime import sdist
+from carvq_gguf.codec.state import CarvqError
 
 LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 
@@ -78,6 +79,40 @@ def test_cache_key_follows_every_patch_byte(tmp_path: Path) -> None:
     assert sdist.SDIST_SHA256[:16] in runtime.build_key()
 
 
+def test_user_cmake_args_are_kept_after_ours() -> None:
+    env = runtime.build_env({"CMAKE_ARGS": "-DGGML_CUDA=on -DGGML_NATIVE=OFF", "PATH": "/usr/bin"})
+    args = env["CMAKE_ARGS"].split()
+    assert args[: len(runtime.DEFAULT_CMAKE_ARGS)] == list(runtime.DEFAULT_CMAKE_ARGS)
+    assert args[-2:] == ["-DGGML_CUDA=on", "-DGGML_NATIVE=OFF"]  # last -D wins in CMake
+    assert env["PATH"] == "/usr/bin"
+    assert runtime.build_env({})["CMAKE_ARGS"] == " ".join(runtime.DEFAULT_CMAKE_ARGS)
+
+
+def test_cache_key_follows_the_flags_that_change_the_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = runtime.build_key(environ={})
+    assert runtime.build_key(environ={"CMAKE_ARGS": "-DGGML_VULKAN=on"}) != plain
+    assert runtime.build_key(environ={}) == plain
+    monkeypatch.setattr(runtime, "cpu_features", lambda: "x86_64: sse2")
+    assert runtime.build_key(environ={}) != plain  # native builds are per CPU ...
+    portable = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
+    key_here = runtime.build_key(environ=portable)
+    monkeypatch.setattr(runtime, "cpu_features", lambda: "x86_64: avx512f")
+    assert runtime.build_key(environ=portable) == key_here  # ... portable ones are not
+
+
+def test_cpu_features_name_the_instruction_set() -> None:
+    features = runtime.cpu_features()
+    assert features.startswith(__import__("platform").machine())
+    assert len(features) > len(__import__("platform").machine()) + 2
+
+
+def test_the_patch_series_ships_inside_the_package() -> None:
+    import carvq_gguf.patches
+
+    assert runtime.PATCHES_DIR == Path(carvq_gguf.patches.__file__).parent
+    assert [p.name for p in runtime.patch_files()] == (runtime.PATCHES_DIR / "series").read_text().split()
+
+
 @pytest.mark.runtime
 def test_installed_build_is_the_patched_one() -> None:
     assert runtime.is_patched(), "run carvq-gguf build-runtime"
@@ -90,16 +125,38 @@ def test_repeat_setup_uses_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"rebuilt although cached: {args[0]}")
     monkeypatch.setattr(runtime, "_run_logged", no_build)
     monkeypatch.setattr(runtime, "install_wheel", no_build)
-    runtime.ensure_runtime(with_tools=True)
+    tools = runtime.ensure_runtime()
     assert runtime.build_wheel().name.startswith("llama_cpp_python-")
+    assert tools == runtime.build_tools()
 
 
 @pytest.mark.runtime
 @pytest.mark.parametrize("name", runtime.TOOLS)
 def test_tools_are_built_and_run(name: str) -> None:
     path = runtime.tool_path(name)
-    result = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin"})  # no LD_LIBRARY_PATH: the tools find their libs
     assert result.returncode in (0, 1) and len(result.stdout + result.stderr) > 100
+
+
+def _build_id(path: Path) -> str:
+    """The GNU build ID of an ELF file: kept by strip, so it identifies the link that made it."""
+    notes = subprocess.run(["readelf", "-n", str(path)], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"Build ID: ([0-9a-f]+)", notes)
+    assert found, f"{path} has no build ID"
+    return found.group(1)
+
+
+@pytest.mark.runtime
+def test_tools_and_wheel_come_from_one_compile(tmp_path: Path) -> None:
+    """The tools load the very llama and ggml libraries the wheel ships (one build tree, one
+    compile); the wheel's copies are stripped, so the link is compared by build ID."""
+    import zipfile
+
+    with zipfile.ZipFile(runtime.build_wheel()) as wheel:
+        wheel.extractall(tmp_path, [n for n in wheel.namelist() if n.startswith("llama_cpp/lib/lib")])
+    for lib in ("libllama.so", "libggml-base.so", "libggml-cpu.so"):
+        assert _build_id(runtime.build_tools() / lib) == _build_id(tmp_path / "llama_cpp" / "lib" / lib), lib
 
 
 def test_unknown_tool_is_refused() -> None:

@@ -17,9 +17,9 @@ import pytest
 import torch
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-from carvq_gguf import runtime
-from carvq_gguf.convert import gguf_source
-from carvq_gguf.module import CarvqEmbedding
+from carvq_gguf.runtime import build as runtime
+from carvq_gguf.gguf import rewrite as gguf_source
+from carvq_gguf.codec.embedding import CarvqEmbedding
 from conftest import make_random_state
 from test_runtime_parity import ROW_TOL, embedding_rows, row_errors, tiny_base, vocab_and_width, write_carvq
 
@@ -158,8 +158,8 @@ def test_quantizer_copies_carvq_tensors_unchanged(good: tuple[Path, Path], tmp_p
 
 
 def gguf_source_state(path: Path):
-    from carvq_gguf import gguf_io
-    return gguf_io.load_carvq_state(path)
+    from carvq_gguf.gguf import carvq_io
+    return carvq_io.load_carvq_state(path)
 
 
 def test_stock_llama_cpp_python_refuses_a_carvq_file(good: tuple[Path, Path]) -> None:

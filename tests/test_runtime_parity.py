@@ -22,11 +22,12 @@ import pytest
 import torch
 from gguf import GGUFReader, GGUFWriter
 
-from carvq_gguf import runtime
-from carvq_gguf.bundled import smollm2_gguf
-from carvq_gguf.convert import gguf_source, hf_source
-from carvq_gguf.module import CarvqEmbedding
-from carvq_gguf.state import CarvqState
+from carvq_gguf.runtime import build as runtime
+from carvq_gguf.data.models import smollm2_gguf
+from carvq_gguf.gguf import rewrite as gguf_source
+from carvq_gguf.convert import hf_source
+from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.codec.state import CarvqState
 from conftest import make_random_state
 from tiny_sources import SENTENCES, save_tiny_tokenizer
 

@@ -1,0 +1,1 @@
+"""Activation-aware weight scaling and clipping, searched on a PyTorch model."""

@@ -1,0 +1,120 @@
+"""Compress one embedding matrix into a CARVQ codec state with a named preset.
+
+Order of work: pick the correction tokens (most important rows) -> RVQ with importance-weighted
+k-means (correction tokens weigh only the floor there, they get fixed anyway) -> adaptor on
+the RVQ residual -> correction rows = what RVQ + adaptor still miss on those tokens, in F16.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import rvq
+from .adaptor import train_adaptor
+from .embedding import CarvqEmbedding
+from .presets import get_preset
+from ..errors import CarvqError
+from .state import CarvqState
+
+
+def check_matrix(matrix: torch.Tensor) -> None:
+    """CarvqError unless matrix is a non-empty, finite, floating-point [V, n] tensor."""
+    if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2:
+        raise CarvqError(f"the embedding must be a 2-D tensor [V, n], got {getattr(matrix, 'shape', type(matrix))}")
+    if matrix.numel() == 0:
+        raise CarvqError(f"the embedding matrix is empty (shape {tuple(matrix.shape)})")
+    if not matrix.dtype.is_floating_point:
+        raise CarvqError(f"the embedding must be floating point, got {matrix.dtype}")
+    if not bool(torch.isfinite(matrix).all()):
+        raise CarvqError("the embedding matrix holds NaN or infinite values")
+
+
+def pick_correction_ids(importance: torch.Tensor, count: int) -> torch.Tensor:
+    """The count most important token ids (ties: lower id first), sorted ascending, int32."""
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.int32)
+    order = torch.argsort(-importance.to(torch.float64), stable=True)
+    return order[:count].sort().values.to(torch.int32)
+
+
+def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tensor | None = None,
+                    seed: int = 0, progress: bool = True) -> CarvqState:
+    """Compress matrix [V, n] with the named preset; deterministic for a seed.
+
+    token_weights [V] (calibration frequencies, calib.token_weights) is used when the preset is
+    importance-weighted; without it every row weighs the same, and correction rows go to the
+    rows the codec fits worst. Returns a checked state in stored dtypes.
+    """
+    check_matrix(matrix)
+    matrix = matrix.detach().to(torch.float32).cpu()
+    V, n = matrix.shape
+    resolved = get_preset(preset).resolve(V, n)
+    train = resolved.train
+    weights = None
+    if token_weights is not None and train.weighted:
+        if tuple(token_weights.shape) != (V,):
+            raise CarvqError(f"token weights have shape {tuple(token_weights.shape)}, expected ({V},)")
+        weights = token_weights.detach().to(torch.float32).cpu()
+        if not bool(torch.isfinite(weights).all()) or bool((weights <= 0).any()):
+            raise CarvqError("token weights must be finite and positive (use a floor)")
+
+    corr_ids = torch.zeros(0, dtype=torch.int32)
+    fit_weights = weights
+    if weights is not None and resolved.correction_rows:
+        corr_ids = pick_correction_ids(weights, resolved.correction_rows)
+        fit_weights = weights.clone()
+        fit_weights[corr_ids.long()] = weights.min()
+
+    codes, codebooks = rvq.encode(matrix, resolved.rvq, fit_weights, iters=train.kmeans_iters, seed=seed,
+                                  progress=progress)
+    state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor,
+                       codes=codes, codebooks=codebooks, preset=preset)
+    if resolved.adaptor.enabled:
+        residual = matrix - rvq.decode(codes, codebooks, resolved.rvq)
+        net = train_adaptor(residual, resolved.adaptor, epochs=train.epochs, batch_size=train.batch_size,
+                            lr=train.lr, row_weights=fit_weights, seed=seed, progress=progress)
+        state.sigma0, state.linears, state.norms = net.stored_tensors()
+
+    if resolved.correction_rows:
+        decoded = CarvqEmbedding(state).decode_all()
+        if weights is None:  # no importance: correct the rows fitted worst
+            corr_ids = pick_correction_ids((matrix - decoded).pow(2).sum(1), resolved.correction_rows)
+        ids = corr_ids.long()
+        state.correction_ids = corr_ids
+        state.correction_rows = (matrix[ids] - decoded[ids]).to(torch.float16).contiguous()
+    state.check()
+    return state
+
+
+def rvq_only(state: CarvqState) -> CarvqState:
+    """The same codec with the adaptor and correction rows removed (the RVQ-alone ablation)."""
+    from dataclasses import replace
+
+    out = CarvqState(vocab_size=state.vocab_size, embedding_dim=state.embedding_dim, rvq=state.rvq,
+                     adaptor=replace(state.adaptor, table_dim=0, hidden_dims=()), codes=state.codes,
+                     codebooks=state.codebooks, preset=state.preset + "/rvq-only")
+    out.check()
+    return out
+
+
+def without_corrections(state: CarvqState) -> CarvqState:
+    """The same codec with the correction rows removed (RVQ + adaptor only)."""
+    out = CarvqState(vocab_size=state.vocab_size, embedding_dim=state.embedding_dim, rvq=state.rvq,
+                     adaptor=state.adaptor, codes=state.codes, codebooks=state.codebooks, sigma0=state.sigma0,
+                     linears=state.linears, norms=state.norms, preset=state.preset + "/no-rows")
+    out.check()
+    return out
+
+
+def reconstruction_metrics(original: torch.Tensor, decoded: torch.Tensor,
+                           weights: torch.Tensor | None = None) -> dict[str, float]:
+    """rel_mse = |E - D|^2 / |E|^2, mean and median per-row cosine, and (with weights) the
+    importance-weighted relative row error sum w |e_t - d_t|^2 / sum w |e_t|^2."""
+    diff = (original - decoded).pow(2).sum(1)
+    norm = original.pow(2).sum(1)
+    cos = torch.nn.functional.cosine_similarity(original, decoded, dim=1)
+    out = {"rel_mse": float(diff.sum() / norm.sum()), "mean_cosine": float(cos.mean()),
+           "median_cosine": float(cos.median())}
+    if weights is not None:
+        out["weighted_rel_mse"] = float((weights * diff).sum() / (weights * norm).sum())
+    return out

@@ -1,0 +1,123 @@
+"""Named compression presets: RVQ settings, adaptor shape, correction rows and training settings.
+
+A budgeted preset (carvq-1.6 ...) fixes the RVQ levels and the adaptor shape, then spends what
+is left of its bpw budget, for the given (V, n), on correction rows for the most important
+tokens. If the fixed parts alone exceed the budget, the adaptor table is narrowed until they
+fit. So every budgeted preset stays at or under the number in its name.
+
+Measured on SmolLM2-135M (docs/EXPERIMENTS.md): per bit, correction rows on the most frequent
+tokens restore far more than the adaptor's per-token table (which costs 16 * m1 bits per
+token), so the main presets carry no adaptor; `carvq-1.6-adaptor` keeps a small one (m1 = 1)
+in the same budget for comparison, and `carvq-paper` is the paper's configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .bits import bits_from_config, total_bits
+from ..errors import CarvqError
+from .state import AdaptorConfig, RvqConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a codec is fitted.
+
+    weighted: use the token importance weights (calibration frequencies) for k-means, the
+              adaptor's batch sampling and the choice of correction rows; otherwise every
+              row weighs the same (as in the paper).
+    importance: "frequency" (calibration counts + floor) or "fisher" (counts times the model's
+              measured per-row sensitivity, hf/importance.py; needs the model and its
+              tokenizer at fit time).
+    """
+
+    kmeans_iters: int = 15
+    epochs: int = 30
+    batch_size: int = 1024
+    lr: float = 3e-3
+    weighted: bool = True
+    importance: str = "frequency"
+
+
+@dataclass(frozen=True)
+class ResolvedPreset:
+    """A preset made concrete for one matrix shape."""
+
+    name: str
+    rvq: RvqConfig
+    adaptor: AdaptorConfig
+    correction_rows: int
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe; resolve(V, n) gives the concrete settings.
+
+    max_bpw None means no budget: correction_rows is then taken as given.
+    max_correction_fraction caps the correction rows at this fraction of V.
+    """
+
+    name: str
+    max_bpw: float | None
+    rvq: RvqConfig
+    adaptor: AdaptorConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    correction_rows: int = 0
+    max_correction_fraction: float = 0.25
+
+    def resolve(self, vocab_size: int, embedding_dim: int) -> ResolvedPreset:
+        """Concrete settings for a [vocab_size, embedding_dim] matrix."""
+        V, n = vocab_size, embedding_dim
+        if V < 1 or n < 1:
+            raise CarvqError(f"cannot resolve preset {self.name!r} for a {V} x {n} matrix")
+        self.rvq.validate(n)
+        adaptor = self.adaptor
+        if self.max_bpw is None:
+            return ResolvedPreset(self.name, self.rvq, adaptor, min(self.correction_rows, V), self.train)
+        budget = int(self.max_bpw * V * n)
+        while adaptor.enabled and total_bits(bits_from_config(V, n, self.rvq, adaptor)) > budget:
+            narrower = adaptor.table_dim - 1
+            adaptor = replace(adaptor, table_dim=narrower, hidden_dims=adaptor.hidden_dims if narrower else ())
+        spare = budget - total_bits(bits_from_config(V, n, self.rvq, adaptor))
+        if spare < 0:
+            raise CarvqError(f"preset {self.name!r} cannot fit {self.max_bpw} bpw for a {V} x {n} matrix")
+        rows = min(spare // (16 * n + 32), int(self.max_correction_fraction * V))
+        return ResolvedPreset(self.name, self.rvq, adaptor, int(rows), self.train)
+
+
+def _column(levels: int) -> RvqConfig:
+    return RvqConfig(subvector_dim=8, codebook_bits=4, levels=levels, group_layout="column")
+
+
+_NO_ADAPTOR = AdaptorConfig(table_dim=0, hidden_dims=())
+_SMALL_ADAPTOR = AdaptorConfig(table_dim=1, hidden_dims=(64,))
+_PAPER_ADAPTOR = AdaptorConfig(table_dim=16, hidden_dims=(384, 512))
+_PAPER_RVQ = RvqConfig(subvector_dim=8, codebook_bits=4, levels=2, group_layout="block", group_size=1024)
+_PAPER_TRAIN = TrainConfig(weighted=False)
+
+_PRESETS = [
+    Preset("carvq-1.2", 1.2, _column(2), _NO_ADAPTOR),
+    Preset("carvq-1.6", 1.6, _column(3), _NO_ADAPTOR),
+    Preset("carvq-2.0", 2.0, _column(3), _NO_ADAPTOR),
+    Preset("carvq-2.4", 2.4, _column(4), _NO_ADAPTOR),
+    Preset("carvq-1.6-adaptor", 1.6, _column(3), _SMALL_ADAPTOR),
+    # Model-aware importance (diagonal Fisher); measured worse than frequency on SmolLM2, kept to compare.
+    Preset("carvq-1.6-fisher", 1.6, _column(3), _NO_ADAPTOR, TrainConfig(importance="fisher")),
+    Preset("carvq-paper", None, _PAPER_RVQ, _PAPER_ADAPTOR, _PAPER_TRAIN),
+    # RVQ-only ablations: the same RVQ as the preset of the same number, no adaptor, no rows.
+    Preset("rvq-1.6", None, _column(3), _NO_ADAPTOR),
+    Preset("rvq-paper", None, _PAPER_RVQ, _NO_ADAPTOR, _PAPER_TRAIN),
+]
+
+PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called name; CarvqError naming the known presets otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise CarvqError(f"unknown preset {name!r}; known presets: {', '.join(PRESET_NAMES)}") from None

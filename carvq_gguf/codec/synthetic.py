@@ -1,0 +1,38 @@
+"""Codec states with random but valid tensors (nothing trained): for format, op and speed tests,
+where what matters is that every tensor has the right shape and dtype, not what it decodes to."""
+
+from __future__ import annotations
+
+import torch
+
+from .state import AdaptorConfig, CarvqState, RvqConfig
+
+
+def random_state(vocab_size: int = 96, embedding_dim: int = 64, levels: int = 2,
+                      group_layout: str = "column", table_dim: int = 8,
+                      hidden_dims: tuple[int, ...] = (32, 48), n_corrections: int = 3,
+                      seed: int = 0) -> CarvqState:
+    """A checked CarvqState of this shape with random tensors, the same for the same arguments."""
+    gen = torch.Generator().manual_seed(seed)
+    rvq = RvqConfig(subvector_dim=8, codebook_bits=4, levels=levels, group_layout=group_layout, group_size=40)
+    adaptor = AdaptorConfig(table_dim=table_dim, hidden_dims=hidden_dims if table_dim else ())
+    V, n = vocab_size, embedding_dim
+    S, K, G = rvq.n_subvectors(n), rvq.codebook_size, rvq.n_groups(V, n)
+    state = CarvqState(
+        vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor,
+        codes=torch.randint(0, K, (V, levels, S), generator=gen, dtype=torch.uint8),
+        codebooks=(torch.randn(levels, G, K, rvq.subvector_dim, generator=gen) * 0.1).half(),
+        preset="test-random")
+    if table_dim:
+        state.sigma0 = torch.randn(V, table_dim, generator=gen).half()
+        for d_in, d_out in adaptor.layer_dims(n):
+            state.linears.append(((torch.randn(d_out, d_in, generator=gen) / d_in ** 0.5).half(),
+                                  torch.randn(d_out, generator=gen) * 0.01))
+        for _, d_out in adaptor.layer_dims(n)[:-1]:
+            state.norms.append((1 + 0.1 * torch.randn(d_out, generator=gen), 0.1 * torch.randn(d_out, generator=gen)))
+    if n_corrections:
+        ids = torch.randperm(V, generator=gen)[:n_corrections].sort().values
+        state.correction_ids = ids.to(torch.int32)
+        state.correction_rows = (torch.randn(n_corrections, n, generator=gen) * 0.05).half()
+    state.check()
+    return state

@@ -1,0 +1,1 @@
+"""The converter: HF model directory or GGUF in, CARVQ-GGUF out."""

@@ -1,0 +1,281 @@
+"""Write a CarvqState into a GGUF file and read it back, as docs/FORMAT.md specifies.
+
+This is the thin layer between the codec state (codec/state.py) and gguf-py: it only turns tensors
+and settings into `carvq.*` keys and `carvq_*` tensors and back, and checks every key, type,
+shape, size and index range on the way in. Copying the rest of a model is rewrite.py's job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf.constants import GGML_QUANT_SIZES
+
+from ..codec.packing import pack_codes, unpack_codes
+from ..codec.state import GROUP_LAYOUTS, AdaptorConfig, CarvqState, RvqConfig
+from ..errors import CarvqError
+from .names import (ACTIVATIONS, FORMAT_VERSION, KEY_ACTIVATION, KEY_CODEBOOK_BITS,
+                    KEY_CORRECTION_ROWS, KEY_EMBEDDING_LENGTH, KEY_GROUP_LAYOUT, KEY_GROUP_SIZE,
+                    KEY_HIDDEN_DIMS, KEY_LEVELS, KEY_NORM_EPS, KEY_PRESET, KEY_SUBVECTOR_DIM,
+                    KEY_TABLE_DIM, KEY_VERSION, KEY_VOCAB_SIZE, TENSOR_CODEBOOKS, TENSOR_CODES,
+                    TENSOR_CORR_IDS, TENSOR_CORR_ROWS, TENSOR_PREFIX, TENSOR_SIGMA0, TOKEN_EMBD,
+                    mlp_bias_name, mlp_weight_name, norm_bias_name, norm_weight_name)
+
+_F16 = GGMLQuantizationType.F16
+_F32 = GGMLQuantizationType.F32
+_I8 = GGMLQuantizationType.I8
+_I32 = GGMLQuantizationType.I32
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def carvq_tensors(state: CarvqState) -> list[tuple[str, np.ndarray]]:
+    """The CARVQ tensors of a state as (name, numpy array) in file order.
+
+    Each array's numpy dtype selects its ggml type (int8 -> I8, float16 -> F16, float32 -> F32,
+    int32 -> I32) and its numpy shape is the reverse of the ggml ne.
+    """
+    state.check()
+    out: list[tuple[str, np.ndarray]] = [
+        (TENSOR_CODES, pack_codes(state.codes).numpy().view(np.int8)),
+        (TENSOR_CODEBOOKS, state.codebooks.numpy()),
+    ]
+    if state.adaptor.enabled:
+        assert state.sigma0 is not None
+        out.append((TENSOR_SIGMA0, state.sigma0.numpy()))
+        for i, (w, b) in enumerate(state.linears):
+            out.append((mlp_weight_name(i), w.numpy()))
+            out.append((mlp_bias_name(i), b.numpy()))
+        for i, (w, b) in enumerate(state.norms):
+            out.append((norm_weight_name(i), w.numpy()))
+            out.append((norm_bias_name(i), b.numpy()))
+    if state.n_correction_rows:
+        assert state.correction_rows is not None
+        out.append((TENSOR_CORR_IDS, state.correction_ids.numpy()))
+        out.append((TENSOR_CORR_ROWS, state.correction_rows.numpy()))
+    return [(name, np.ascontiguousarray(arr)) for name, arr in out]
+
+
+def add_carvq_metadata(writer: GGUFWriter, state: CarvqState) -> None:
+    """Add every carvq.* key describing state to writer (in the order FORMAT.md lists them)."""
+    state.check()
+    r, a = state.rvq, state.adaptor
+    writer.add_uint32(KEY_VERSION, FORMAT_VERSION)
+    writer.add_uint32(KEY_VOCAB_SIZE, state.vocab_size)
+    writer.add_uint32(KEY_EMBEDDING_LENGTH, state.embedding_dim)
+    writer.add_uint32(KEY_SUBVECTOR_DIM, r.subvector_dim)
+    writer.add_uint32(KEY_CODEBOOK_BITS, r.codebook_bits)
+    writer.add_uint32(KEY_LEVELS, r.levels)
+    writer.add_string(KEY_GROUP_LAYOUT, r.group_layout)
+    writer.add_uint32(KEY_GROUP_SIZE, r.group_size if r.group_layout == "block" else 0)
+    writer.add_uint32(KEY_TABLE_DIM, a.table_dim)
+    if a.enabled:
+        if a.hidden_dims:  # gguf cannot store an empty array: absent means no hidden layer
+            writer.add_key_value(KEY_HIDDEN_DIMS, [int(d) for d in a.hidden_dims], GGUFValueType.ARRAY,
+                                 sub_type=GGUFValueType.UINT32)
+        writer.add_string(KEY_ACTIVATION, "relu")
+        writer.add_float32(KEY_NORM_EPS, a.norm_eps)
+    writer.add_uint32(KEY_CORRECTION_ROWS, state.n_correction_rows)
+    if state.preset:
+        writer.add_string(KEY_PRESET, state.preset)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+def open_gguf(path: str | os.PathLike[str]) -> GGUFReader:
+    """Open a GGUF file read-only; a missing, truncated or malformed file raises CarvqError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CarvqError(f"{path}: no such file")
+    try:
+        reader = GGUFReader(path, "r")
+    except Exception as e:  # gguf-py raises ValueError, struct/numpy errors, ... on bad bytes
+        raise CarvqError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
+    file_size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > file_size:
+            raise CarvqError(f"{path}: tensor {t.name} ends at byte {t.data_offset + t.n_bytes} "
+                             f"but the file has {file_size} bytes (truncated)")
+    return reader
+
+
+def is_carvq(reader: GGUFReader) -> bool:
+    """True if the file carries CARVQ metadata (any version)."""
+    return reader.get_field(KEY_VERSION) is not None
+
+
+def _scalar(reader: GGUFReader, key: str, vtype: GGUFValueType, required: bool = True) -> Any:
+    field = reader.get_field(key)
+    if field is None:
+        if required:
+            raise CarvqError(f"missing metadata key {key}")
+        return None
+    if field.types != [vtype]:
+        got = "/".join(t.name for t in field.types)
+        raise CarvqError(f"metadata key {key} has type {got}, expected {vtype.name}")
+    return field.contents()
+
+
+def _uint_array(reader: GGUFReader, key: str) -> tuple[int, ...] | None:
+    field = reader.get_field(key)
+    if field is None:
+        return None
+    if field.types != [GGUFValueType.ARRAY, GGUFValueType.UINT32]:
+        got = "/".join(t.name for t in field.types)
+        raise CarvqError(f"metadata key {key} has type {got}, expected ARRAY of UINT32")
+    return tuple(int(v) for v in field.contents())
+
+
+def _float32_value(x: float) -> float:
+    """The shortest decimal that reads back as the same float32, so 1e-5 stays 1e-5."""
+    return float(str(np.float32(x)))
+
+
+def read_format_version(reader: GGUFReader) -> int:
+    """carvq.version of the file; CarvqError if absent, mistyped or not a version we know."""
+    if not is_carvq(reader):
+        raise CarvqError(f"not a CARVQ-GGUF: metadata key {KEY_VERSION} missing")
+    version = int(_scalar(reader, KEY_VERSION, GGUFValueType.UINT32))
+    if version != FORMAT_VERSION:
+        raise CarvqError(f"unsupported {KEY_VERSION} {version}: this reader knows version {FORMAT_VERSION} only")
+    return version
+
+
+def read_configs(reader: GGUFReader) -> tuple[int, int, RvqConfig, AdaptorConfig, int, str]:
+    """(V, n, RvqConfig, AdaptorConfig, R, preset) from the carvq.* keys, all checked."""
+    read_format_version(reader)
+    u32 = GGUFValueType.UINT32
+    V = int(_scalar(reader, KEY_VOCAB_SIZE, u32))
+    n = int(_scalar(reader, KEY_EMBEDDING_LENGTH, u32))
+    if V < 1 or n < 1:
+        raise CarvqError(f"vocab size {V} and embedding length {n} must both be >= 1")
+    arch = reader.get_field("general.architecture")
+    if arch is not None:
+        arch_n = reader.get_field(f"{arch.contents()}.embedding_length")
+        if arch_n is not None and int(arch_n.contents()) != n:
+            raise CarvqError(f"{KEY_EMBEDDING_LENGTH} = {n} disagrees with "
+                             f"{arch.contents()}.embedding_length = {int(arch_n.contents())}")
+    layout = str(_scalar(reader, KEY_GROUP_LAYOUT, GGUFValueType.STRING))
+    if layout not in GROUP_LAYOUTS:
+        raise CarvqError(f"{KEY_GROUP_LAYOUT} is {layout!r}, expected one of {GROUP_LAYOUTS}")
+    group_size = int(_scalar(reader, KEY_GROUP_SIZE, u32))
+    if layout == "column":
+        group_size = RvqConfig.group_size  # not used by the column layout
+    rvq = RvqConfig(subvector_dim=int(_scalar(reader, KEY_SUBVECTOR_DIM, u32)),
+                    codebook_bits=int(_scalar(reader, KEY_CODEBOOK_BITS, u32)),
+                    levels=int(_scalar(reader, KEY_LEVELS, u32)),
+                    group_layout=layout, group_size=group_size)
+    rvq.validate(n)
+    table_dim = int(_scalar(reader, KEY_TABLE_DIM, u32))
+    if table_dim:
+        hidden = _uint_array(reader, KEY_HIDDEN_DIMS) or ()
+        if any(d < 1 for d in hidden):
+            raise CarvqError(f"{KEY_HIDDEN_DIMS} must be >= 1, got {list(hidden)}")
+        activation = str(_scalar(reader, KEY_ACTIVATION, GGUFValueType.STRING))
+        if activation not in ACTIVATIONS:
+            raise CarvqError(f"{KEY_ACTIVATION} is {activation!r}, expected one of {ACTIVATIONS}")
+        eps = _float32_value(_scalar(reader, KEY_NORM_EPS, GGUFValueType.FLOAT32))
+        if not eps > 0:
+            raise CarvqError(f"{KEY_NORM_EPS} must be > 0, got {eps}")
+        adaptor = AdaptorConfig(table_dim=table_dim, hidden_dims=hidden, norm_eps=eps)
+    else:
+        adaptor = AdaptorConfig(table_dim=0, hidden_dims=())
+    R = int(_scalar(reader, KEY_CORRECTION_ROWS, u32))
+    if R > V:
+        raise CarvqError(f"{KEY_CORRECTION_ROWS} = {R} exceeds the vocabulary size {V}")
+    preset = _scalar(reader, KEY_PRESET, GGUFValueType.STRING, required=False) or ""
+    return V, n, rvq, adaptor, R, str(preset)
+
+
+def expected_tensors(V: int, n: int, rvq: RvqConfig, adaptor: AdaptorConfig,
+                     R: int) -> dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]:
+    """Every carvq_* tensor the settings call for: name -> (ggml type, ne)."""
+    S, L = rvq.n_subvectors(n), rvq.levels
+    out: dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]] = {
+        TENSOR_CODES: (_I8, (L * S // 2, V)),
+        TENSOR_CODEBOOKS: (_F16, (rvq.subvector_dim, rvq.codebook_size, rvq.n_groups(V, n), L)),
+    }
+    if adaptor.enabled:
+        out[TENSOR_SIGMA0] = (_F16, (adaptor.table_dim, V))
+        layer_dims = adaptor.layer_dims(n)
+        for i, (d_in, d_out) in enumerate(layer_dims):
+            out[mlp_weight_name(i)] = (_F16, (d_in, d_out))
+            out[mlp_bias_name(i)] = (_F32, (d_out,))
+            if i < len(layer_dims) - 1:
+                out[norm_weight_name(i)] = (_F32, (d_out,))
+                out[norm_bias_name(i)] = (_F32, (d_out,))
+    if R:
+        out[TENSOR_CORR_IDS] = (_I32, (R,))
+        out[TENSOR_CORR_ROWS] = (_F16, (n, R))
+    return out
+
+
+def _check_tensor_set(reader: GGUFReader, expected: dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]) -> None:
+    present = {t.name: t for t in reader.tensors}
+    if TOKEN_EMBD in present:
+        raise CarvqError(f"a CARVQ-GGUF must not contain {TOKEN_EMBD} (it is replaced by the CARVQ tensors)")
+    for name, (qtype, ne) in expected.items():
+        t = present.get(name)
+        if t is None:
+            raise CarvqError(f"tensor {name} missing")
+        if t.tensor_type != qtype:
+            raise CarvqError(f"tensor {name} has type {t.tensor_type.name}, expected {qtype.name}")
+        shape = tuple(int(d) for d in t.shape)
+        if shape != ne:
+            raise CarvqError(f"tensor {name} has ne {list(shape)}, expected {list(ne)} (from the carvq.* keys)")
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        if t.n_bytes != int(np.prod(ne)) * type_size // block:
+            raise CarvqError(f"tensor {name} has {t.n_bytes} bytes, expected {int(np.prod(ne)) * type_size // block}")
+    extra = sorted(name for name in present if name.startswith(TENSOR_PREFIX) and name not in expected)
+    if extra:
+        raise CarvqError(f"unexpected CARVQ tensors {extra} (not called for by the carvq.* keys)")
+
+
+def _torch(reader_tensors: dict[str, Any], name: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(reader_tensors[name].data, copy=True))
+
+
+def read_carvq_state(reader: GGUFReader) -> CarvqState:
+    """Read and fully validate the CarvqState stored in an open GGUF file."""
+    V, n, rvq, adaptor, R, preset = read_configs(reader)
+    _check_tensor_set(reader, expected_tensors(V, n, rvq, adaptor, R))
+    tensors = {t.name: t for t in reader.tensors}
+    packed = _torch(tensors, TENSOR_CODES).view(torch.uint8)
+    codes = unpack_codes(packed, rvq.levels)
+    if codes.numel() and int(codes.max()) >= rvq.codebook_size:
+        row = int((codes >= rvq.codebook_size).flatten(1).any(1).nonzero()[0])
+        raise CarvqError(f"{TENSOR_CODES} holds index {int(codes.max())} >= K={rvq.codebook_size} "
+                         f"(first in row {row})")
+    state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor, codes=codes,
+                       codebooks=_torch(tensors, TENSOR_CODEBOOKS), preset=preset)
+    if adaptor.enabled:
+        state.sigma0 = _torch(tensors, TENSOR_SIGMA0)
+        n_layers = len(adaptor.layer_dims(n))
+        state.linears = [(_torch(tensors, mlp_weight_name(i)), _torch(tensors, mlp_bias_name(i)))
+                         for i in range(n_layers)]
+        state.norms = [(_torch(tensors, norm_weight_name(i)), _torch(tensors, norm_bias_name(i)))
+                       for i in range(n_layers - 1)]
+    if R:
+        state.correction_ids = _torch(tensors, TENSOR_CORR_IDS)
+        state.correction_rows = _torch(tensors, TENSOR_CORR_ROWS)
+    try:
+        state.check()
+    except CarvqError as e:
+        raise CarvqError(f"inconsistent CARVQ tensors: {e}") from e
+    return state
+
+
+def load_carvq_state(path: str | os.PathLike[str]) -> CarvqState:
+    """Open a CARVQ-GGUF file and return its validated CarvqState."""
+    reader = open_gguf(path)
+    try:
+        return read_carvq_state(reader)
+    except CarvqError as e:
+        raise CarvqError(f"{path}: {e}") from e

@@ -1,0 +1,55 @@
+"""Every GGUF key and tensor name this package reads or writes, in one place (docs/FORMAT.md)."""
+
+ARCH_KEY = "general.architecture"
+ALIGNMENT_KEY = "general.alignment"
+SPLIT_COUNT_KEY = "split.count"
+FILE_TYPE_KEY = "general.file_type"
+
+TOKEN_EMBD = "token_embd.weight"
+OUTPUT = "output.weight"
+
+FORMAT_VERSION = 1
+KEY_PREFIX = "carvq."
+TENSOR_PREFIX = "carvq_"
+ACTIVATIONS = ("relu",)
+
+KEY_VERSION = "carvq.version"
+KEY_VOCAB_SIZE = "carvq.vocab_size"
+KEY_EMBEDDING_LENGTH = "carvq.embedding_length"
+KEY_SUBVECTOR_DIM = "carvq.subvector_dim"
+KEY_CODEBOOK_BITS = "carvq.codebook_bits"
+KEY_LEVELS = "carvq.levels"
+KEY_GROUP_LAYOUT = "carvq.group_layout"
+KEY_GROUP_SIZE = "carvq.group_size"
+KEY_TABLE_DIM = "carvq.adaptor.table_dim"
+KEY_HIDDEN_DIMS = "carvq.adaptor.hidden_dims"
+KEY_ACTIVATION = "carvq.adaptor.activation"
+KEY_NORM_EPS = "carvq.adaptor.norm_epsilon"
+KEY_CORRECTION_ROWS = "carvq.correction_rows"
+KEY_PRESET = "carvq.preset"
+
+TENSOR_CODES = "carvq_codes"
+TENSOR_CODEBOOKS = "carvq_codebooks"
+TENSOR_SIGMA0 = "carvq_sigma0"
+TENSOR_CORR_IDS = "carvq_corr_ids"
+TENSOR_CORR_ROWS = "carvq_corr_rows"
+
+
+def mlp_weight_name(i: int) -> str:
+    """Tensor name of linear layer i's weight."""
+    return f"carvq_mlp.{i}.weight"
+
+
+def mlp_bias_name(i: int) -> str:
+    """Tensor name of linear layer i's bias."""
+    return f"carvq_mlp.{i}.bias"
+
+
+def norm_weight_name(i: int) -> str:
+    """Tensor name of the LayerNorm weight after linear layer i."""
+    return f"carvq_norm.{i}.weight"
+
+
+def norm_bias_name(i: int) -> str:
+    """Tensor name of the LayerNorm bias after linear layer i."""
+    return f"carvq_norm.{i}.bias"

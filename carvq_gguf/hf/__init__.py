@@ -1,0 +1,1 @@
+"""Hugging Face models in PyTorch: loading, tokenizing, swapping the input embedding, perplexity."""

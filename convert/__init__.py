@@ -1,1 +1,0 @@
-"""The converter: HF model directory or GGUF in, CARVQ-GGUF out (imported as carvq_gguf.convert)."""

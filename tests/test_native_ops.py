@@ -1,0 +1,38 @@
+"""llama.cpp's own op tests for GGML_OP_GET_ROWS_RVQ, under ASan+UBSan.
+
+test-backend-ops compares a backend with the CPU backend's reference mode; the op is CPU-only, so
+the CPU backend is selected explicitly. In reference mode the kernel finds correction rows by a
+linear scan instead of the binary search and the two runs use different thread counts, so a
+search, row-split or bounds error shows as a mismatch (or a sanitizer report)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from carvq_gguf.runtime import native as native_build
+from native_fixtures import native_bin
+
+pytestmark = pytest.mark.native
+_ = native_bin
+
+
+def test_backend_ops_get_rows_rvq(native_bin: Path) -> None:
+    result = subprocess.run([str(native_bin / "test-backend-ops"), "test", "-o", "GET_ROWS_RVQ", "-b", "CPU"],
+                            capture_output=True, text=True, env=native_build.sanitizer_env(), timeout=1200)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)  # colours
+    assert result.returncode == 0, out[-4000:]
+    cases = re.findall(r"GET_ROWS_RVQ\(([^)]*)\): (\S+)", out)
+    # both layouts (group_size 0 and > 0), K < 16, with and without corrections, odd batch sizes
+    assert len(cases) >= 50, out[-4000:]
+    assert all(status == "OK" for _, status in cases), out[-4000:]
+    params = [dict(kv.split("=") for kv in args.split(",")) for args, _ in cases]
+    assert {p["group_size"] for p in params} >= {"0", "3"}
+    assert {p["K"] for p in params} >= {"2", "8", "16"}
+    assert {p["n_corr"] for p in params} >= {"0", "5"}
+    assert {p["r"] for p in params} >= {"1", "7", "33"}
+    m = re.search(r"(\d+)/(\d+) tests passed", out)
+    assert m and m.group(1) == m.group(2), out[-2000:]
