@@ -27,6 +27,9 @@ class TrainConfig:
     weighted: use the token importance weights (calibration frequencies) for k-means, the
               adaptor's batch sampling and the choice of correction rows; otherwise every
               row weighs the same (as in the paper).
+    importance: "frequency" (calibration counts + floor) or "fisher" (counts times the model's
+              measured per-row sensitivity, hf/importance.py; needs the model and its
+              tokenizer at fit time).
     """
 
     kmeans_iters: int = 15
@@ -34,6 +37,7 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 3e-3
     weighted: bool = True
+    importance: str = "frequency"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ _PRESETS = [
     Preset("carvq-2.0", 2.0, _column(3), _NO_ADAPTOR),
     Preset("carvq-2.4", 2.4, _column(4), _NO_ADAPTOR),
     Preset("carvq-1.6-adaptor", 1.6, _column(3), _SMALL_ADAPTOR),
+    # Model-aware importance (diagonal Fisher); measured worse than frequency on SmolLM2, kept to compare.
+    Preset("carvq-1.6-fisher", 1.6, _column(3), _NO_ADAPTOR, TrainConfig(importance="fisher")),
     Preset("carvq-paper", None, _PAPER_RVQ, _PAPER_ADAPTOR, _PAPER_TRAIN),
     # RVQ-only ablations: the same RVQ as the preset of the same number, no adaptor, no rows.
     Preset("rvq-1.6", None, _column(3), _NO_ADAPTOR),

@@ -135,7 +135,12 @@ def make_state(source: Path, matrix: torch.Tensor, options: ConvertOptions) -> C
                              f"but the model's token_embd is {V} x {n}")
         return state
     weights = None
-    if get_preset(preset).train.weighted:
+    train = get_preset(preset).train
+    if train.weighted and train.importance == "fisher":
+        from ..hf.importance import model_token_weights
+
+        weights = model_token_weights(source, read_calib_text(options.calib_text), V)
+    elif train.weighted:
         weights = calibration_weights(source, read_calib_text(options.calib_text), V)
     print(f"[convert] compressing token_embd {V} x {n} with preset {preset}", file=sys.stderr)
     return compress_matrix(matrix, preset, token_weights=weights, seed=options.seed, progress=options.progress)

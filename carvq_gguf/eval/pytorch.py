@@ -114,7 +114,12 @@ def compress_and_compare(options: CompressOptions) -> tuple[CarvqState, dict]:
             raise CarvqError(f"{options.source!r} has no tokenizer; preset {options.preset!r} needs one to count "
                              "calibration tokens")
         text, report["calib_text"] = _read_text(options.calib_text, "calib.txt")
-        weights = text_token_weights(text, lambda t: tokenize_text(tokenizer, t), V)
+        if resolved.train.importance == "fisher":
+            from ..hf.importance import fisher_token_weights
+
+            weights = fisher_token_weights(model, torch.tensor(tokenize_text(tokenizer, text)))
+        else:
+            weights = text_token_weights(text, lambda t: tokenize_text(tokenizer, t), V)
 
     report["load_average_before"] = os.getloadavg()[0]
     start = time.perf_counter()
