@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..gguf import fuzz
+from ..gguf import fuzz as mutator
 from ..runtime import native
 
 
@@ -117,14 +117,14 @@ def run_files(program: Path, paths: list[Path], args: tuple[str, ...] = (), time
 def fuzz(program: Path, corpus: list[Path], n_cases: int, seed: int = 0, batch: int = 200,
          keep_crashes: Path | None = None, progress=None) -> Summary:
     """Load n_cases mutants of the corpus files (round-robin, mutant i from seed + i)."""
-    parsed = fuzz.load_corpus(corpus)
+    parsed = mutator.load_corpus(corpus)
     summary = Summary()
     with tempfile.TemporaryDirectory(prefix="carvq-fuzz-") as tmp:
         for start in range(0, n_cases, batch):
             files, what = [], {}
             for i in range(start, min(start + batch, n_cases)):
                 src, tree, raw = parsed[i % len(parsed)]
-                buf, desc = fuzz.mutant(tree, raw, seed + i)
+                buf, desc = mutator.mutant(tree, raw, seed + i)
                 path = Path(tmp) / f"case-{seed + i}-{src.stem}.gguf"
                 path.write_bytes(buf)
                 files.append(path)
