@@ -1,4 +1,4 @@
-"""The native test programs (carvq_gguf.native_build), built once per session."""
+"""The native test programs (carvq_gguf.runtime.native), built once per session."""
 
 from __future__ import annotations
 
