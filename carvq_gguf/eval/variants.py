@@ -20,7 +20,8 @@ from pathlib import Path
 from ..errors import CarvqError
 from ..gguf.names import FILE_TYPE_KEY, OUTPUT, TOKEN_EMBD
 from ..gguf.summary import GgufSummary, read_summary
-from ..runtime.tools import refusal_reason, tool
+from ..runtime.build import tool_path
+from ..runtime.tools import refusal_reason
 
 # llama.cpp's quantizer refuses these target types for token_embd-like tensors without an imatrix
 # in general (tensor_requires_imatrix); we give them one, built on the calibration text.
@@ -69,7 +70,7 @@ def quantize_token_embd(untied: Path, out: Path, type_name: str, imatrix: Path |
     if not isinstance(ftype, int):
         raise CarvqError(f"{untied} has no integer general.file_type, so the other tensors' type is unknown")
     head_type = before.tensors[OUTPUT].type_name
-    cmd = [str(tool("llama-quantize")), "--allow-requantize", "--pure", "--token-embedding-type", type_name,
+    cmd = [str(tool_path("llama-quantize")), "--allow-requantize", "--pure", "--token-embedding-type", type_name,
            "--output-tensor-type", head_type]
     if imatrix is not None:
         cmd += ["--imatrix", str(imatrix)]

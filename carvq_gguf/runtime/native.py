@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from ..native import NATIVE_DIR
 from . import build as runtime, sdist
-from ..errors import CarvqError
 
 PROGRAMS = ("carvq-load", "test-backend-ops")
 # A sanitizer report ends the process with one of these exit codes (nothing else uses them).
@@ -62,20 +60,12 @@ def build(llama_cpp_dir: Path | None = None, build_dir: Path | None = None,
     log = out / "build.log"
     out.mkdir(parents=True, exist_ok=True)
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(min(os.cpu_count() or 2, 2)))
-    cmds = []
     if not (out / "CMakeCache.txt").exists():
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        cmds.append(["cmake", "-S", str(NATIVE_DIR), "-B", str(out), *generator,
-                     "-DCMAKE_BUILD_TYPE=RelWithDebInfo", f"-DLLAMA_CPP_DIR={src}"])
-    cmds.append(["cmake", "--build", str(out), "-j", jobs, "--target", *targets])
-    with open(log, "a") as f:
-        for cmd in cmds:
-            f.write(f"$ {' '.join(cmd)}\n")
-            f.flush()
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-            if rc != 0:
-                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-                raise CarvqError(f"building {', '.join(targets)} failed (exit {rc}); log: {log}\n{tail}")
+        runtime._run_logged(["cmake", "-S", str(NATIVE_DIR), "-B", str(out), *generator,
+                             "-DCMAKE_BUILD_TYPE=RelWithDebInfo", f"-DLLAMA_CPP_DIR={src}"], log, "configure native")
+    runtime._run_logged(["cmake", "--build", str(out), "-j", jobs, "--target", *targets], log,
+                        f"building {', '.join(targets)}")
     return out
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CarvqError
+from .build import tool_path
 
 
 def tail(text: str, lines: int = 15) -> str:
@@ -32,17 +33,10 @@ def refusal_reason(log: str, type_name: str) -> str:
     return tail(log, 1)
 
 
-def tool(name: str) -> Path:
-    """A llama.cpp tool from the patched build."""
-    from ..runtime import build as runtime
-
-    return runtime.tool_path(name)
-
-
 def build_imatrix(model: Path, calib_text: Path, out: Path, ctx: int = 512, chunks: int | None = None,
                   threads: int = 2) -> str:
     """llama-imatrix on calib_text; writes the importance matrix (GGUF) to out; returns the log."""
-    cmd = [str(tool("llama-imatrix")), "-m", str(model), "-f", str(calib_text), "-o", str(out),
+    cmd = [str(tool_path("llama-imatrix")), "-m", str(model), "-f", str(calib_text), "-o", str(out),
            "-c", str(ctx), "-t", str(threads), "--output-format", "gguf"]
     if chunks is not None:
         cmd += ["--chunks", str(chunks)]
@@ -53,7 +47,7 @@ def build_imatrix(model: Path, calib_text: Path, out: Path, ctx: int = 512, chun
 def quantize_with_imatrix(src: Path, dst: Path, type_name: str, imatrix: Path, threads: int = 2) -> str:
     """llama-quantize --imatrix of a whole model (the patched build copies CARVQ tensors
     unchanged); returns the log."""
-    cmd = [str(tool("llama-quantize")), "--allow-requantize", "--imatrix", str(imatrix), str(src), str(dst),
+    cmd = [str(tool_path("llama-quantize")), "--allow-requantize", "--imatrix", str(imatrix), str(src), str(dst),
            type_name, str(threads)]
     return run_tool(cmd, Path(dst), "llama-quantize --imatrix")
 
