@@ -26,7 +26,7 @@ from ..errors import CarvqError
 # converter package (not the evaluation modules, so editing those keeps built models).
 CODEC_MODULES = ("codec.adaptor", "codec.bits", "codec.importance", "codec.compress", "gguf.carvq_io", "codec.kmeans",
                  "codec.presets", "codec.rvq", "codec.state", "codec.packing", "codec.baselines", "codec.embedding",
-                 "codec.codec_file", "atomic", "gguf.rewrite", "hf.calibration")
+                 "codec.codec_file", "atomic", "gguf.rewrite", "hf.calibration", "hf.importance")
 CODEC_PACKAGES = ("convert",)
 
 
