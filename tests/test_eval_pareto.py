@@ -62,7 +62,7 @@ def test_pareto_two_variants(tiny_source: Path, texts: tuple[Path, Path], tmp_pa
     assert rvq["embedding_bpw"] == pytest.approx(8 * rvq["embedding_bytes"] / (256 * 64))
     assert q4["head_type"] == rvq["head_type"] == "F16"  # the tied head is kept as in the source
     assert rvq["note"] == ("RVQ L=3 K=16 h=8, codebooks per column, k-means weighted by calibration frequency, "
-                           "no adaptor, 0 correction rows")
+                           "refined by joint least squares + beam search, no adaptor, 0 correction rows")
     for r in (q4, rvq):
         assert r["windows"] == WINDOWS and r["scored_tokens"] == WINDOWS * (CTX - 1 - CTX // 2)
         assert r["base_ppl"] == pytest.approx(data["source"]["ppl"], rel=1e-3)

@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--calib-text", help="calibration text for importance weights (default: bundled calib.txt)")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tune-steps", type=int, default=None, metavar="N",
+                   help="steps of end-to-end tuning of the codec with the model in the loop, on --calib-text "
+                        "(default: the preset's; 0 fits to the matrix alone)")
     p.add_argument("--windows", type=int, default=8, help="evaluation windows (default 8)")
     p.add_argument("--window", type=int, default=512, help="tokens per window, second half scored (default 512)")
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.pytorch import CompressOptions, compress_and_compare, print_table
 
     options = CompressOptions(args.source, args.preset, args.output, args.calib_text, args.eval_text, args.json,
-                              args.seed, args.windows, args.window, not args.no_eval, not args.quiet)
+                              args.seed, args.windows, args.window, not args.no_eval, not args.quiet,
+                              args.tune_steps)
     _, report = compress_and_compare(options)
     print_table(report)
     return 0

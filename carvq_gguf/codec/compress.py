@@ -1,7 +1,8 @@
 """Compress one embedding matrix into a CARVQ codec state with a named preset.
 
 Order of work: pick the correction tokens (most important rows) -> RVQ with importance-weighted
-k-means (correction tokens weigh only the floor there, they get fixed anyway) -> adaptor on
+k-means (correction tokens weigh only the floor there, they get fixed anyway), refined by joint
+least-squares codebooks and beam-search encoding -> adaptor on
 the RVQ residual -> correction rows = what RVQ + adaptor still miss on those tokens, in F16.
 """
 
@@ -67,6 +68,8 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
 
     codes, codebooks = rvq.encode(matrix, resolved.rvq, fit_weights, iters=train.kmeans_iters, seed=seed,
                                   progress=progress)
+    if train.refine_rounds:
+        codes, codebooks = rvq.refine(matrix, codes, codebooks, resolved.rvq, fit_weights, rounds=train.refine_rounds)
     state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor,
                        codes=codes, codebooks=codebooks, preset=preset)
     if resolved.adaptor.enabled:

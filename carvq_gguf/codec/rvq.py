@@ -102,3 +102,97 @@ def decode(codes: torch.Tensor, codebooks: torch.Tensor, cfg: RvqConfig,
     for level in range(L):
         out = out + codebooks[level].to(torch.float32)[groups, rows[:, level]]
     return out.reshape(-1, n)
+
+
+def group_codes(codes: torch.Tensor, cfg: RvqConfig) -> torch.Tensor:
+    """Arrange codes [V, L, S] like to_groups arranges sub-vectors: int64 [G, N, L]."""
+    V, L, S = codes.shape
+    per_level = [group_scalar(codes[:, level].long(), cfg) for level in range(L)]
+    return torch.stack(per_level, dim=-1)
+
+
+def beam_encode(points: torch.Tensor, codebooks: torch.Tensor, beam: int = 4,
+                chunk: int = 16384) -> torch.Tensor:
+    """Codes [G, N, L] (int64) of grouped points [G, N, h] under codebooks [L, G, K, h] (float32),
+    by beam search over the levels: the beam best partial sums are kept after each level, so a
+    worse first choice that a later level completes well is not lost (greedy is beam = 1)."""
+    G, N, h = points.shape
+    L, _, K, _ = codebooks.shape
+    c2 = codebooks.pow(2).sum(-1)  # [L, G, K]
+    out = torch.empty(G, N, L, dtype=torch.int64)
+    for start in range(0, N, chunk):
+        x = points[:, start:start + chunk]  # [G, n, h]
+        n = x.shape[1]
+        residual = x.unsqueeze(2)  # [G, n, B, h]
+        error = residual.pow(2).sum(-1)  # [G, n, B]
+        paths = torch.zeros(G, n, 1, 0, dtype=torch.int64)
+        for level in range(L):
+            dot = torch.einsum("gnbh,gkh->gnbk", residual, codebooks[level])
+            cost = (error.unsqueeze(-1) - 2 * dot + c2[level][:, None, None, :]).reshape(G, n, -1)
+            keep = min(beam, cost.shape[-1]) if level < L - 1 else 1
+            error, flat = torch.topk(cost, keep, dim=-1, largest=False, sorted=True)
+            parent, code = flat // K, flat % K
+            paths = torch.cat([torch.gather(paths, 2, parent[..., None].expand(-1, -1, -1, level)),
+                               code.unsqueeze(-1)], dim=-1)
+            chosen = torch.gather(codebooks[level], 1, code.reshape(G, -1, 1).expand(-1, -1, h)).reshape(G, n, keep, h)
+            residual = torch.gather(residual, 2, parent[..., None].expand(-1, -1, -1, h)) - chosen
+        out[:, start:start + n] = paths[:, :, 0]
+    return out
+
+
+def joint_codebooks(points: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
+                    previous: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """Codebooks [L, G, K, h] (float32) that minimise the weighted squared error of the sums of
+    all levels for fixed codes labels [G, N, L]: one least-squares problem with L * K unknown
+    centroids per group (greedy RVQ fits each level alone against what the previous ones left).
+    A ridge towards previous [L, G, K, h] keeps centroids that no point uses where they were."""
+    G, N, h = points.shape
+    L = labels.shape[-1]
+    K = previous.shape[2]
+    LK = L * K
+    index = labels + torch.arange(L) * K  # [G, N, L] in 0..LK
+    gram = torch.zeros(G, LK * LK, dtype=torch.float64)
+    rhs = torch.zeros(G, LK, h, dtype=torch.float64)
+    w = weights.to(torch.float64)
+    wx = w.unsqueeze(-1) * points.to(torch.float64)
+    for a in range(L):
+        rhs.scatter_add_(1, index[..., a:a + 1].expand(-1, -1, h), wx)
+        for b in range(L):
+            gram.scatter_add_(1, index[..., a] * LK + index[..., b], w)
+    gram = gram.reshape(G, LK, LK)
+    prior = previous.permute(1, 0, 2, 3).reshape(G, LK, h).to(torch.float64)
+    scale = ridge * (gram.diagonal(dim1=1, dim2=2).mean(1) + 1e-12)  # [G]
+    eye = torch.eye(LK, dtype=torch.float64)
+    solved = torch.linalg.solve(gram + scale[:, None, None] * eye, rhs + scale[:, None, None] * prior)
+    return solved.reshape(G, L, K, h).permute(1, 0, 2, 3).to(torch.float32).contiguous()
+
+
+def refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, cfg: RvqConfig,
+           row_weights: torch.Tensor | None = None, rounds: int = 3,
+           beam: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Improve a greedy RVQ fit: alternate the joint least-squares codebooks (all levels at once)
+    with beam-search re-encoding under the F16-rounded codebooks, keeping a round only if it
+    lowers the weighted squared error. Returns (codes uint8 [V, L, S], codebooks float16)."""
+    V, n = matrix.shape
+    points = to_groups(matrix.to(torch.float32), cfg)
+    if row_weights is None:
+        row_weights = torch.ones(V)
+    weights = group_scalar(row_weights.to(torch.float32).reshape(V, 1).expand(V, cfg.n_subvectors(n)), cfg)
+
+    def distortion(labels: torch.Tensor, books: torch.Tensor) -> float:
+        approx = sum(torch.gather(books[level], 1, labels[..., level:level + 1].expand(-1, -1, points.shape[-1]))
+                     for level in range(labels.shape[-1]))
+        return float((weights * (points - approx).pow(2).sum(-1)).sum())
+
+    labels = group_codes(codes, cfg)
+    books = codebooks.to(torch.float32)
+    best = distortion(labels, books)
+    for _ in range(rounds):
+        new_books = joint_codebooks(points, weights, labels, books).to(torch.float16).to(torch.float32)
+        new_labels = beam_encode(points, new_books, beam)
+        value = distortion(new_labels, new_books)
+        if value >= best:
+            break
+        labels, books, best = new_labels, new_books, value
+    out_codes = torch.stack([from_groups(labels[..., level], cfg, V, n) for level in range(labels.shape[-1])], dim=1)
+    return out_codes.to(torch.uint8).contiguous(), books.to(torch.float16).contiguous()

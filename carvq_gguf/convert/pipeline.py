@@ -16,7 +16,6 @@ from ..awq.search import AwqConfig, quant_proxy
 from ..codec.state import CarvqState
 from ..errors import CarvqError
 from ..gguf import carvq_io, names
-from ..hf.calibration import calibration_token_ids
 from ..gguf.rewrite import output_head, parse_type, token_embedding, verify_carvq_model, write_carvq_model
 from .hf_source import hf_to_gguf
 
@@ -50,6 +49,8 @@ class ConvertOptions:
     quantize: llama.cpp type (Q4_K_M ...) for the transformer weights, by the patched quantizer.
     awq: AWQ settings to fold activation-aware scales in before quantizing (None: no AWQ);
          awq_with_carvq runs that search with the CARVQ embedding in place of the dense one.
+    tune_steps: end-to-end tuning steps of the codec with the model in the loop (None: the
+         preset's; 0: fit to the matrix only).
     """
 
     preset: str = "carvq-1.6"
@@ -63,6 +64,7 @@ class ConvertOptions:
     quantize: str | None = None
     awq: AwqConfig | None = None
     awq_with_carvq: bool = False
+    tune_steps: int | None = None
 
     def check(self) -> "ConvertOptions":
         """CarvqError now, before any work, for options that cannot run together; returns the
@@ -98,16 +100,6 @@ def check_paths(source: Path, out: Path) -> None:
         raise CarvqError(f"refusing to overwrite the source {source}; choose another output path")
 
 
-def calibration_weights(source: Path, text: str, vocab_size: int) -> torch.Tensor:
-    """Importance weights [V] from the calibration text tokenized with source's tokenizer."""
-    from ..codec.importance import token_weights
-
-    ids = calibration_token_ids(source, text)
-    if int(ids.max()) >= vocab_size:
-        raise CarvqError(f"the tokenizer produced id {int(ids.max())} >= vocabulary size {vocab_size}")
-    return token_weights(ids.tolist(), vocab_size)
-
-
 def read_calib_text(calib_text: Path | None) -> str:
     """The calibration text: the given file, or the bundled carvq_gguf/data/calib.txt."""
     from ..data import bundled_text
@@ -121,9 +113,6 @@ def read_calib_text(calib_text: Path | None) -> str:
 
 def make_state(source: Path, matrix: torch.Tensor, options: ConvertOptions) -> CarvqState:
     """The codec for matrix: compressed now with preset, or loaded from a `compress -o` codec file."""
-    from ..codec.compress import compress_matrix
-    from ..codec.presets import get_preset
-
     V, n = matrix.shape
     preset, codec = options.preset, options.codec
     if codec is not None:
@@ -134,16 +123,11 @@ def make_state(source: Path, matrix: torch.Tensor, options: ConvertOptions) -> C
             raise CarvqError(f"codec {codec} is {state.vocab_size} x {state.embedding_dim}, "
                              f"but the model's token_embd is {V} x {n}")
         return state
-    weights = None
-    train = get_preset(preset).train
-    if train.weighted and train.importance == "fisher":
-        from ..hf.importance import model_token_weights
+    from ..hf.fit import fit_source
 
-        weights = model_token_weights(source, read_calib_text(options.calib_text), V)
-    elif train.weighted:
-        weights = calibration_weights(source, read_calib_text(options.calib_text), V)
     print(f"[convert] compressing token_embd {V} x {n} with preset {preset}", file=sys.stderr)
-    return compress_matrix(matrix, preset, token_weights=weights, seed=options.seed, progress=options.progress)
+    return fit_source(source, matrix, preset, read_calib_text(options.calib_text), seed=options.seed,
+                      tune_steps=options.tune_steps, progress=options.progress)
 
 
 def write_verified(reader, state: CarvqState, tmp: Path, head, options: ConvertOptions) -> None:

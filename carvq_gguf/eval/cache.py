@@ -26,7 +26,8 @@ from ..errors import CarvqError
 # converter package (not the evaluation modules, so editing those keeps built models).
 CODEC_MODULES = ("codec.adaptor", "codec.bits", "codec.importance", "codec.compress", "gguf.carvq_io", "codec.kmeans",
                  "codec.presets", "codec.rvq", "codec.state", "codec.packing", "codec.baselines", "codec.embedding",
-                 "codec.codec_file", "atomic", "gguf.rewrite", "hf.calibration", "hf.importance")
+                 "codec.codec_file", "atomic", "gguf.rewrite", "hf.calibration", "hf.importance", "hf.fit",
+                 "hf.tune", "hf.model", "hf.perplexity")
 CODEC_PACKAGES = ("convert",)
 
 

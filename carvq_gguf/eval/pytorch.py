@@ -23,6 +23,7 @@ from ..codec.embedding import CarvqEmbedding
 from ..codec.importance import text_token_weights
 from ..codec.presets import get_preset
 from ..codec.state import CarvqState
+from ..hf.fit import fit_with_model, tuning_steps
 from ..data import bundled_text
 from ..errors import CarvqError
 from ..hf.model import input_embedding_matrix, load_causal_lm, replace_input_embedding, replace_input_matrix
@@ -46,6 +47,7 @@ class CompressOptions:
     window: int = 512
     evaluate: bool = True
     progress: bool = True
+    tune_steps: int | None = None   # end-to-end tuning steps (None: the preset's, 0: matrix-only fit)
 
 
 def _read_text(path: str | None, default: str) -> tuple[str, str]:
@@ -106,24 +108,24 @@ def compress_and_compare(options: CompressOptions) -> tuple[CarvqState, dict]:
     resolved = preset.resolve(V, n)
     report: dict = {"source": str(options.source), "preset": options.preset, "seed": options.seed,
                     "vocab_size": V, "embedding_dim": n}
-    if tokenizer is None and not not options.evaluate:
+    if tokenizer is None and options.evaluate:
         raise CarvqError(f"{options.source!r} has no tokenizer: pass --no-eval to skip the perplexity evaluation")
-    weights = None
-    if resolved.train.weighted:
+    text = None
+    if resolved.train.weighted or tuning_steps(options.preset, options.tune_steps) > 0:
         if tokenizer is None:
-            raise CarvqError(f"{options.source!r} has no tokenizer; preset {options.preset!r} needs one to count "
-                             "calibration tokens")
+            raise CarvqError(f"{options.source!r} has no tokenizer; preset {options.preset!r} needs one to read "
+                             "the calibration text")
         text, report["calib_text"] = _read_text(options.calib_text, "calib.txt")
-        if resolved.train.importance == "fisher":
-            from ..hf.importance import fisher_token_weights
-
-            weights = fisher_token_weights(model, torch.tensor(tokenize_text(tokenizer, text)))
-        else:
-            weights = text_token_weights(text, lambda t: tokenize_text(tokenizer, t), V)
+    # frequency weights, for the weighted reconstruction error in the report
+    weights = None if text is None else text_token_weights(text, lambda t: tokenize_text(tokenizer, t), V)
 
     report["load_average_before"] = os.getloadavg()[0]
     start = time.perf_counter()
-    state = compress_matrix(matrix, options.preset, weights, seed=options.seed, progress=options.progress)
+    if text is None:
+        state = compress_matrix(matrix, options.preset, None, seed=options.seed, progress=options.progress)
+    else:
+        state, report["fit"] = fit_with_model(model, tokenizer, matrix, options.preset, text, seed=options.seed,
+                                              tune_steps=options.tune_steps, progress=options.progress)
     report["seconds"] = time.perf_counter() - start
     report["load_average_after"] = os.getloadavg()[0]
     if options.output:

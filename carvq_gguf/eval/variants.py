@@ -113,9 +113,14 @@ def recipe(state, preset: str) -> str:
 
     r, a = state.rvq, state.adaptor
     layout = "codebooks per column" if r.group_layout == "column" else f"blocks of {r.group_size} sub-vectors"
+    train = get_preset(preset).train
     parts = [f"RVQ L={r.levels} K={r.codebook_size} h={r.subvector_dim}, {layout}",
-             "k-means weighted by calibration frequency" if get_preset(preset).train.weighted else "unweighted k-means",
+             "k-means weighted by calibration frequency" if train.weighted else "unweighted k-means",
              f"adaptor {a.table_dim}->{'->'.join(str(d) for d in a.hidden_dims)}->{state.embedding_dim}"
              if a.enabled else "no adaptor",
              f"{state.n_correction_rows} correction rows"]
+    if train.refine_rounds:
+        parts.insert(2, "refined by joint least squares + beam search")
+    if train.tune_steps:
+        parts.append(f"tuned {train.tune_steps} steps on the model's KL")
     return ", ".join(parts)

@@ -1,0 +1,118 @@
+"""Fit a codec for a model's input embedding the way its preset asks: importance weights from
+calibration text, the matrix-only k-means fit, then (model-aware presets) end-to-end tuning.
+
+convert and compress both come here, so a preset means the same fit from an HF directory,
+from a GGUF file and from Python.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from ..codec.compress import compress_matrix
+from ..codec.importance import token_weights
+from ..codec.presets import get_preset
+from ..codec.state import CarvqState
+from ..errors import CarvqError
+from .tune import TuneConfig, tune_codec
+
+
+def tuning_steps(preset: str, tune_steps: int | None = None) -> int:
+    """The end-to-end tuning steps of a fit: tune_steps when given, else the preset's."""
+    steps = get_preset(preset).train.tune_steps if tune_steps is None else tune_steps
+    if steps < 0:
+        raise CarvqError(f"tuning steps must be >= 0, got {steps}")
+    return steps
+
+
+def needs_model(preset: str, tune_steps: int | None = None) -> bool:
+    """True when the fit runs the model (Fisher importance or end-to-end tuning)."""
+    train = get_preset(preset).train
+    return tuning_steps(preset, tune_steps) > 0 or (train.weighted and train.importance == "fisher")
+
+
+def bos_id(tokenizer) -> int | None:
+    """The BOS id when the tokenizer puts one in front of a text by default (Gemma), else None:
+    calibration windows then start with it, as llama.cpp's perplexity windows do."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a").get("input_ids", [])
+    return int(bos) if ids and ids[0] == bos else None
+
+
+def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: str, seed: int = 0,
+                   tune_steps: int | None = None, progress: bool = True) -> tuple[CarvqState, dict]:
+    """Fit matrix [V, n] (the model's input embedding) with preset on calibration text; returns
+    (state, stats): seconds of each stage and, when tuned, the calibration KL before and after.
+    tune_steps overrides the preset's end-to-end tuning steps (0: the matrix-only fit)."""
+    import time
+
+    from .importance import fisher_token_weights
+    from .perplexity import tokenize_text
+
+    if tokenizer is None:
+        raise CarvqError(f"preset {preset!r} fits with the model on calibration text and needs a tokenizer; "
+                         "the source has none")
+    if not text.strip():
+        raise CarvqError("the calibration text is empty")
+    V = matrix.shape[0]
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows != V:
+        raise CarvqError(f"the model's input embedding has {rows} rows, the matrix being compressed {V}")
+    train = get_preset(preset).train
+    ids = torch.tensor(tokenize_text(tokenizer, text), dtype=torch.int64)
+    if ids.numel() and int(ids.max()) >= V:
+        raise CarvqError(f"the tokenizer produced id {int(ids.max())} >= vocabulary size {V}")
+    stats: dict = {}
+    start = time.perf_counter()
+    if train.weighted and train.importance == "fisher":
+        with torch.enable_grad():
+            weights = fisher_token_weights(model, ids)
+    else:
+        weights = token_weights(ids.tolist(), V) if train.weighted else None
+    state = compress_matrix(matrix, preset, weights, seed=seed, progress=progress)
+    stats["fit_seconds"] = time.perf_counter() - start
+    steps = tuning_steps(preset, tune_steps)
+    if steps > 0:
+        start = time.perf_counter()
+        config = TuneConfig(steps=steps)
+        state, tune_stats = tune_codec(model, state, matrix, ids, weights, config, seed=seed,
+                                       bos=bos_id(tokenizer), progress=progress)
+        stats.update(tune_stats, tune_seconds=time.perf_counter() - start)
+    return state, stats
+
+
+def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed: int = 0,
+               tune_steps: int | None = None, progress: bool = True) -> CarvqState:
+    """Fit matrix, the token_embd of source (HF directory or GGUF file), with preset.
+
+    Presets that only count tokens need just the tokenizer (calibration_token_ids, which also
+    reads GGUF vocabularies transformers cannot); model-aware ones load the model in float32.
+    """
+    from .calibration import calibration_token_ids
+    from .model import load_causal_lm
+
+    train = get_preset(preset).train
+    V = matrix.shape[0]
+    if not needs_model(preset, tune_steps):
+        weights = None
+        if train.weighted:
+            ids = calibration_token_ids(source, text)
+            if int(ids.max()) >= V:
+                raise CarvqError(f"the tokenizer produced id {int(ids.max())} >= vocabulary size {V}")
+            weights = token_weights(ids.tolist(), V)
+        return compress_matrix(matrix, preset, weights, seed=seed, progress=progress)
+    print(f"[fit] preset {preset} fits with the model in the loop: loading {source}", file=sys.stderr)
+    model, tokenizer = load_causal_lm(source, need_tokenizer=False)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    state, stats = fit_with_model(model, tokenizer, matrix, preset, text, seed=seed, tune_steps=tune_steps,
+                                  progress=progress)
+    if "tune_seconds" in stats:
+        print(f"[fit] k-means {stats['fit_seconds']:.0f} s, end-to-end tuning {stats['tune_seconds']:.0f} s "
+              f"(calibration KL {stats['kl_start']:.4f} -> {stats['kl_end']:.4f})", file=sys.stderr)
+    return state

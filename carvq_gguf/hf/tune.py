@@ -1,0 +1,197 @@
+"""End-to-end tuning of a CARVQ codec with the model in the loop.
+
+The k-means fit (codec/rvq.py) minimises a weighted reconstruction error of the matrix, which
+is only a proxy for what matters: how far the model's next-token distribution moves. Here the
+4-bit codes stay fixed and the continuous parts of the codec (the F16 codebooks and the F16
+correction rows) are trained to minimise KL(original || compressed) of the model's next-token
+distribution on calibration text, as AQLM's global fine-tuning does for weights. A weighted
+reconstruction term over all rows (the k-means objective, on a random sample of rows each
+step) keeps the rows the calibration text never reads close to where k-means put them, so a
+text from another domain does not pay for the fit.
+
+This needs a torch causal LM (transformers-style: get_input_embeddings, inputs_embeds=), so it
+lives with the model layer, not with the codec maths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..codec.state import CarvqState
+from ..errors import CarvqError
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How the codec is tuned end to end.
+
+    steps: optimizer steps; each reads batch_windows windows of window tokens.
+    lr: Adam's step relative to the RMS of the matrix (Adam moves every parameter by about
+        lr whatever the gradient's size, so an absolute rate would mean a different change
+        for every model's embedding scale).
+    anchor: weight of the relative weighted reconstruction error against the KL.
+    anchor_rows: rows sampled per step for the reconstruction term.
+    eval_windows: calibration windows, spread over the text, on which the KL is reported
+              before and after.
+    kl_positions: positions per window, drawn at random each step, where the KL is taken; the
+              rest of the window is still read as context. The output head, which for a
+              262k-token vocabulary costs more than the whole transformer, then runs on a
+              quarter of the tokens.
+    """
+
+    steps: int = 60
+    window: int = 256
+    batch_windows: int = 2
+    lr: float = 5e-3
+    anchor: float = 0.1
+    anchor_rows: int = 8192
+    eval_windows: int = 8
+    kl_positions: int = 64
+
+
+class _Decoder(torch.nn.Module):
+    """Differentiable decode of a codec state with fixed codes: RVQ sum + correction rows."""
+
+    def __init__(self, state: CarvqState):
+        super().__init__()
+        if state.adaptor.enabled:
+            raise CarvqError("end-to-end tuning supports codecs without an adaptor")
+        V, n = state.vocab_size, state.embedding_dim
+        self.register_buffer("codes", state.codes.long())
+        self.register_buffer("groups", state.rvq.group_index(V, n))
+        self.codebooks = torch.nn.Parameter(state.codebooks.to(torch.float32).clone())
+        rows = state.correction_rows
+        self.correction_rows = torch.nn.Parameter(
+            torch.zeros(0, n) if rows is None else rows.to(torch.float32).clone())
+        slot = torch.full((V,), -1, dtype=torch.int64)
+        slot[state.correction_ids.long()] = torch.arange(state.n_correction_rows)
+        self.register_buffer("slot", slot)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        codes, groups = self.codes[flat], self.groups[flat]  # [T, L, S], [T, S]
+        out = sum(self.codebooks[level][groups, codes[:, level]] for level in range(codes.shape[1]))
+        out = out.reshape(flat.shape[0], -1)
+        slot = self.slot[flat]
+        hit = slot >= 0
+        if bool(hit.any()):
+            out = out.index_put((hit.nonzero().squeeze(1),), self.correction_rows[slot[hit]], accumulate=True)
+        return out.reshape(*ids.shape, -1)
+
+    def stored_state(self, state: CarvqState) -> CarvqState:
+        """state with the tuned codebooks and correction rows rounded to their stored F16."""
+        from dataclasses import replace
+
+        out = replace(state, codebooks=self.codebooks.detach().cpu().to(torch.float16).contiguous(),
+                      correction_rows=None if state.correction_rows is None
+                      else self.correction_rows.detach().cpu().to(torch.float16).contiguous())
+        out.check()
+        return out
+
+
+def calibration_windows(token_ids: torch.Tensor, window: int, bos: int | None = None) -> torch.Tensor:
+    """int64 [W, window + 1]: consecutive windows of the calibration ids, each led by bos when
+    given (the +1 is the target of the last position); CarvqError when the text is shorter
+    than one window."""
+    ids = torch.as_tensor(token_ids, dtype=torch.int64).flatten()
+    body = window if bos is None else window - 1
+    count = (ids.numel() - 1) // body
+    if body < 1 or count < 1:
+        raise CarvqError(f"the calibration text has {ids.numel()} tokens; end-to-end tuning needs at least "
+                         f"{body + 1}")
+    out = torch.stack([ids[i * body: i * body + body + 1] for i in range(count)])
+    if bos is not None:
+        out = torch.cat([torch.full((count, 1), bos, dtype=torch.int64), out], 1)
+    return out
+
+
+def _embed_scale(model) -> float | torch.Tensor:
+    """The factor the model's embedding module applies after the lookup (Gemma: sqrt(n)), else 1."""
+    scale = getattr(model.get_input_embeddings(), "embed_scale", None)
+    return 1.0 if scale is None else scale
+
+
+def _kl(model, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor | int = 0) -> torch.Tensor:
+    """Mean KL(teacher || student) of the next-token distributions, from inputs_embeds, at the given
+    positions of every window (0: all)."""
+    with torch.no_grad():
+        ref = F.log_softmax(model(inputs_embeds=teacher, logits_to_keep=positions).logits.float(), -1)
+    got = F.log_softmax(model(inputs_embeds=student, logits_to_keep=positions).logits.float(), -1)
+    return F.kl_div(got, ref, log_target=True, reduction="none").sum(-1).mean()
+
+
+def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.Tensor,
+               row_weights: torch.Tensor | None = None, config: TuneConfig = TuneConfig(), seed: int = 0,
+               bos: int | None = None, progress: bool = True) -> tuple[CarvqState, dict[str, float]]:
+    """Tune state's codebooks and correction rows (codes fixed) to bring the model's next-token
+    distribution with the codec close to the one with matrix; returns (tuned state, stats).
+
+    model is a transformers causal LM whose input embedding is matrix (its output head, tied or
+    not, is left alone: only the input side sees the codec). token_ids are calibration tokens
+    under the model's tokenizer (windows start with bos when given); row_weights [V] weigh the
+    reconstruction term (None: all 1). stats holds the mean KL on eval_windows calibration
+    windows before and after (kl_start, kl_end); when tuning did not lower it, state comes back
+    unchanged (kept False). Deterministic for a seed on one
+    machine.
+    """
+    V, n = state.vocab_size, state.embedding_dim
+    if tuple(matrix.shape) != (V, n):
+        raise CarvqError(f"matrix is {tuple(matrix.shape)}, the codec {V} x {n}")
+    windows = calibration_windows(token_ids, config.window, bos)
+    if int(windows.max()) >= V:
+        raise CarvqError(f"calibration token id {int(windows.max())} >= vocabulary size {V}")
+    device = next(model.parameters()).device
+    matrix = matrix.detach().to(device, torch.float32)
+    weights = torch.ones(V) if row_weights is None else row_weights.detach().to(torch.float32)
+    weights = weights.to(device)
+    windows = windows.to(device)
+    decoder = _Decoder(state).to(device)
+    scale = _embed_scale(model)
+    generator = torch.Generator().manual_seed(seed)
+    rms = float(matrix.pow(2).mean().sqrt())
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=config.lr * rms)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+    energy = float((weights * matrix.pow(2).sum(1)).sum()) / V
+    spread = torch.linspace(0, windows.shape[0] - 1, min(config.eval_windows, windows.shape[0])).round().long()
+    probe = windows[spread.to(device), :-1]
+
+    def probe_kl() -> float:
+        with torch.no_grad():
+            return float(_kl(model, decoder(probe) * scale, matrix[probe] * scale))
+
+    was_training = model.training
+    model.eval()
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        stats = {"kl_start": probe_kl()}
+        with torch.enable_grad():
+            for _ in tqdm(range(config.steps), desc="tuning codec", disable=not progress):
+                pick = torch.randint(windows.shape[0], (config.batch_windows,), generator=generator)
+                inputs = windows[pick.to(device), :-1]
+                positions = torch.randperm(inputs.shape[1], generator=generator)[:config.kl_positions].sort().values
+                kl = _kl(model, decoder(inputs) * scale, matrix[inputs] * scale, positions.to(device))
+                rows = torch.randint(V, (config.anchor_rows,), generator=generator).to(device)
+                err = (weights[rows] * (decoder(rows) - matrix[rows]).pow(2).sum(1)).mean() / energy
+                optimizer.zero_grad(set_to_none=True)
+                (kl + config.anchor * err).backward()
+                optimizer.step()
+                schedule.step()
+        tuned = decoder.stored_state(state)
+        decoder = _Decoder(tuned).to(device)  # measure what is stored: F16-rounded
+        stats["kl_end"] = probe_kl()
+        if not stats["kl_end"] < stats["kl_start"]:  # Adam's steps can only add noise to a fit this close
+            tuned, stats["kl_end"] = state, stats["kl_start"]
+        stats["kept"] = tuned is not state
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+    return tuned, stats

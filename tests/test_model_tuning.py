@@ -1,0 +1,141 @@
+"""End-to-end codec tuning with the model in the loop, on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from carvq_gguf.codec.compress import compress_matrix
+from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.codec.importance import token_weights
+from carvq_gguf.errors import CarvqError
+from carvq_gguf.hf.tune import TuneConfig, calibration_windows, tune_codec
+from conftest import save_tiny_llama
+
+CONFIG = TuneConfig(steps=25, window=64, batch_windows=4, anchor_rows=256)
+
+
+def _tiny(tmp_path, vocab_size=8192):  # 1.6 bpw with correction rows needs V >= ~7.7k at n = 64
+    from transformers import AutoModelForCausalLM
+
+    from carvq_gguf.hf.model import untie_output_head
+
+    save_tiny_llama(tmp_path, tie_word_embeddings=True, vocab_size=vocab_size)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    untie_output_head(model)
+    with torch.no_grad():  # a random model is nearly uniform; sharpen its logits so the embedding matters
+        model.get_output_embeddings().weight *= 30
+    return model
+
+
+def _calib_ids(n=1200, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.multinomial(torch.arange(1, 129, dtype=torch.float).reciprocal(), n, replacement=True,
+                             generator=g) * 2
+
+
+def _kl(model, matrix, ids, window=64):
+    """Mean KL(original || with matrix) over the calibration windows, measured independently of
+    tune_codec's own report."""
+    emb = model.get_input_embeddings().weight.detach()
+    x = calibration_windows(ids, window)[:, :-1]
+    with torch.no_grad():
+        ref = torch.log_softmax(model(inputs_embeds=emb[x]).logits, -1)
+        got = torch.log_softmax(model(inputs_embeds=matrix[x]).logits, -1)
+    return float((ref.exp() * (ref - got)).sum(-1).mean())
+
+
+def _fit(model, ids):
+    matrix = model.get_input_embeddings().weight.detach().clone()
+    weights = token_weights(ids.tolist(), matrix.shape[0])
+    return matrix, weights, compress_matrix(matrix, "carvq-1.6", weights, seed=0, progress=False)
+
+
+def test_tuning_lowers_calibration_kl_against_the_matrix_only_fit(tmp_path):
+    model = _tiny(tmp_path)
+    ids = _calib_ids()
+    matrix, weights, state = _fit(model, ids)
+    flags = [p.requires_grad for p in model.parameters()]
+    tuned, stats = tune_codec(model, state, matrix, ids, weights, CONFIG, progress=False)
+    before = _kl(model, CarvqEmbedding(state).decode_all(), ids)
+    after = _kl(model, CarvqEmbedding(tuned).decode_all(), ids)
+    assert after < 0.8 * before, (before, after)
+    assert stats["kl_end"] < stats["kl_start"]
+    assert torch.equal(tuned.codes, state.codes)  # codes fixed: only the F16 parts move
+    assert torch.equal(tuned.correction_ids, state.correction_ids)
+    assert tuned.codebooks.dtype == torch.float16 and not torch.equal(tuned.codebooks, state.codebooks)
+    # the model is left as it was: requires_grad flags restored, weights untouched
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert torch.equal(model.get_input_embeddings().weight, matrix)
+
+
+def test_tuning_is_deterministic_for_a_seed(tmp_path):
+    model = _tiny(tmp_path)
+    ids = _calib_ids()
+    matrix, weights, state = _fit(model, ids)
+    config = TuneConfig(steps=5, window=64, batch_windows=2, anchor_rows=128)
+    a, _ = tune_codec(model, state, matrix, ids, weights, config, seed=3, progress=False)
+    b, _ = tune_codec(model, state, matrix, ids, weights, config, seed=3, progress=False)
+    c, _ = tune_codec(model, state, matrix, ids, weights, config, seed=4, progress=False)
+    assert torch.equal(a.codebooks, b.codebooks) and torch.equal(a.correction_rows, b.correction_rows)
+    assert not torch.equal(a.codebooks, c.codebooks)
+
+
+def test_calibration_windows_lead_with_bos():
+    ids = torch.arange(10, 40)
+    plain = calibration_windows(ids, 8)
+    assert plain.shape == (3, 9) and torch.equal(plain[1], ids[8:17])
+    led = calibration_windows(ids, 8, bos=1)
+    assert led.shape == (4, 9) and bool((led[:, 0] == 1).all()) and torch.equal(led[0, 1:], ids[:8])
+    with pytest.raises(CarvqError, match="tokens"):
+        calibration_windows(torch.arange(5), 8)
+
+
+def test_tuning_refuses_bad_input(tmp_path):
+    model = _tiny(tmp_path)
+    ids = _calib_ids()
+    matrix, weights, state = _fit(model, ids)
+    with pytest.raises(CarvqError, match="matrix"):
+        tune_codec(model, state, matrix[:, :32], ids, weights, CONFIG, progress=False)
+    with pytest.raises(CarvqError, match="vocabulary"):
+        tune_codec(model, state, matrix, ids + 9000, weights, CONFIG, progress=False)
+
+
+def test_convert_tunes_with_the_default_preset(tmp_path):
+    """convert's codec step with carvq-1.6 runs the model in the loop: its calibration KL is
+    below that of the same preset fitted to the matrix alone."""
+    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
+    from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
+    from carvq_gguf.hf.perplexity import tokenize_text
+    from tiny_sources import make_tiny_hf
+
+    src = make_tiny_hf(tmp_path / "hf", tied=False, vocab_size=8192)  # 1.6 bpw needs V >= ~7.7k at n = 64
+    model, tokenizer = load_causal_lm(src)
+    with torch.no_grad():  # sharpen the random model's logits so that the embedding matters
+        model.get_output_embeddings().weight *= 30
+    model.save_pretrained(src)
+    g = torch.Generator().manual_seed(0)  # many distinct pieces, so the matrix-only fit leaves an error
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    text = " ".join("".join(letters[int(i)] for i in torch.randint(26, (int(k),), generator=g))
+                    for k in torch.randint(2, 9, (600,), generator=g))
+    calib = tmp_path / "calib.txt"
+    calib.write_text(text)
+    matrix = input_embedding_matrix(model)
+    ids = torch.tensor(tokenize_text(tokenizer, text))
+    tuned = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False))
+    plain = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False,
+                                                   tune_steps=0))
+    assert torch.equal(plain.codebooks, compress_matrix(
+        matrix, "carvq-1.6", token_weights(ids.tolist(), matrix.shape[0]), progress=False).codebooks)
+    assert torch.equal(tuned.codes, plain.codes) and not torch.equal(tuned.codebooks, plain.codebooks)
+    assert _kl(model, CarvqEmbedding(tuned).decode_all(), ids) < _kl(model, CarvqEmbedding(plain).decode_all(), ids)
+
+
+def test_model_aware_preset_needs_a_tokenizer(tmp_path):
+    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
+    from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
+
+    save_tiny_llama(tmp_path, tie_word_embeddings=True)
+    model, _ = load_causal_lm(tmp_path)
+    with pytest.raises(CarvqError, match="tokenizer"):
+        make_state(tmp_path, input_embedding_matrix(model), ConvertOptions(preset="carvq-1.6", progress=False))
