@@ -113,6 +113,26 @@ def test_stock_types_change_only_token_embd(tiny_source: Path, tmp_path: Path) -
         assert not (tmp_path / f"{name}.gguf").exists()
 
 
+def test_stock_types_keep_a_mixed_type_source_as_it_is(tiny_source: Path, tmp_path: Path) -> None:
+    """A source whose tensors are not all of its file type (Q4_K_M keeps some in Q6_K/Q5_0) keeps
+    them: only token_embd changes."""
+    import subprocess
+
+    from carvq_gguf.runtime.build import tool_path
+
+    untied = tmp_path / "untied.gguf"
+    untie_head(tiny_source, untied)
+    mixed = tmp_path / "mixed.gguf"
+    subprocess.run([str(tool_path("llama-quantize")), "--allow-requantize", "--tensor-type", "attn_v=q4_0",
+                    str(untied), str(mixed), "Q8_0"], check=True, capture_output=True)
+    before = read_summary(mixed)
+    assert before.tensors["blk.0.attn_v.weight"].type_name == "Q4_0"
+    assert before.tensors["blk.0.attn_q.weight"].type_name == "Q8_0"
+    outcome = variants.quantize_token_embd(mixed, tmp_path / "q5_0.gguf", "Q5_0")  # CarvqError if others changed
+    assert outcome.actual == "Q5_0"
+    assert read_summary(tmp_path / "q5_0.gguf").tensors["blk.0.attn_v.weight"].type_name == "Q4_0"
+
+
 def test_imatrix_is_built_on_calibration_text_and_reported(tiny_source: Path, texts: tuple[Path, Path],
                                                            tmp_path: Path) -> None:
     untied = tmp_path / "untied.gguf"

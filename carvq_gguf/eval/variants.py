@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -57,6 +58,15 @@ def verify_only_token_embd(before: GgufSummary, after: GgufSummary, what: str) -
             raise CarvqError(f"{what}: {name} changed ({t.type_name} -> {o.type_name}); only {TOKEN_EMBD} may change")
 
 
+def pinned_tensor_types(summary: GgufSummary) -> str:
+    """llama-quantize --tensor-type-file lines that keep every matrix but token_embd and the head in
+    its current type: a mixed-type source (Q4_K_M's Q6_K/Q5_0 tensors) would otherwise be
+    requantized to its file type's base type."""
+    lines = [f"^{re.escape(name)}$={t.type_name.lower()}" for name, t in sorted(summary.tensors.items())
+             if name not in (TOKEN_EMBD, OUTPUT) and len(t.shape) >= 2]
+    return "\n".join(lines) + "\n"
+
+
 def quantize_token_embd(untied: Path, out: Path, type_name: str, imatrix: Path | None = None,
                         threads: int = 2) -> QuantizeOutcome:
     """Requantize only token_embd of untied (a model with an explicit head) to type_name.
@@ -74,9 +84,14 @@ def quantize_token_embd(untied: Path, out: Path, type_name: str, imatrix: Path |
            "--output-tensor-type", head_type]
     if imatrix is not None:
         cmd += ["--imatrix", str(imatrix)]
-    cmd += [str(untied), str(out), str(ftype), str(threads)]
+    pins = Path(out).with_name(Path(out).name + ".tensor-types")
+    pins.write_text(pinned_tensor_types(before))
+    cmd += ["--tensor-type-file", str(pins), str(untied), str(out), str(ftype), str(threads)]
     print(f"[pareto] llama-quantize --token-embedding-type {type_name}", file=sys.stderr)
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    try:
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    finally:
+        pins.unlink(missing_ok=True)
     log = result.stdout
     if result.returncode != 0 or not Path(out).is_file():
         Path(out).unlink(missing_ok=True)
