@@ -139,3 +139,29 @@ def test_model_aware_preset_needs_a_tokenizer(tmp_path):
     model, _ = load_causal_lm(tmp_path)
     with pytest.raises(CarvqError, match="tokenizer"):
         make_state(tmp_path, input_embedding_matrix(model), ConvertOptions(preset="carvq-1.6", progress=False))
+
+
+def test_unloadable_model_falls_back_to_the_matrix_only_fit(tmp_path, monkeypatch, capsys):
+    """A GGUF whose architecture transformers cannot read still converts, with a warning: the
+    fit is then the matrix-only one (what --tune-steps 0 gives)."""
+    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
+    from carvq_gguf.hf import model as hf_model
+    from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
+    from tiny_sources import make_tiny_hf
+
+    src = make_tiny_hf(tmp_path / "hf", tied=True, vocab_size=8192)
+    matrix = input_embedding_matrix(load_causal_lm(src)[0])
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Return the number of items in a container. Open file and return a file object. " * 40)
+    plain = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False,
+                                                   tune_steps=0))
+
+    def unsupported(*args, **kwargs):
+        raise ValueError("GGUF model with architecture tinyarch is not supported yet")
+
+    monkeypatch.setattr(hf_model, "load_causal_lm", unsupported)
+    state = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False))
+    assert torch.equal(state.codebooks, plain.codebooks) and torch.equal(state.codes, plain.codes)
+    assert "transformers cannot load" in capsys.readouterr().err
+    with pytest.raises(CarvqError, match="transformers cannot load"):
+        make_state(src, matrix, ConvertOptions(preset="carvq-1.6-fisher", calib_text=calib, progress=False))

@@ -107,7 +107,18 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
             weights = token_weights(ids.tolist(), V)
         return compress_matrix(matrix, preset, weights, seed=seed, progress=progress)
     print(f"[fit] preset {preset} fits with the model in the loop: loading {source}", file=sys.stderr)
-    model, tokenizer = load_causal_lm(source, need_tokenizer=False)
+    try:
+        model, tokenizer = load_causal_lm(source, need_tokenizer=False)
+    except CarvqError:
+        raise
+    except Exception as e:  # transformers reads only some architectures from a GGUF file
+        if train.weighted and train.importance == "fisher":
+            raise CarvqError(f"preset {preset!r} needs the model in PyTorch, and transformers cannot load "
+                             f"{source}: {e}") from e
+        print(f"[fit] WARNING: transformers cannot load {source} ({type(e).__name__}: {e}); fitting to the "
+              "matrix alone, without end-to-end tuning (pass --tune-steps 0 to ask for this directly)",
+              file=sys.stderr)
+        return fit_source(source, matrix, preset, text, seed=seed, tune_steps=0, progress=progress)
     if torch.cuda.is_available():
         model.to("cuda")
     state, stats = fit_with_model(model, tokenizer, matrix, preset, text, seed=seed, tune_steps=tune_steps,
