@@ -116,7 +116,8 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
         "",
         "llama.cpp types: `llama-quantize --allow-requantize --pure --token-embedding-type TYPE "
         "--output-tensor-type <head type> UNTIED OUT <source file type>` (tensors already of the target type are "
-        "copied, not requantized). i-quants get an importance matrix from `llama-imatrix` on "
+        "copied, not requantized; a tensor-type file holds every other matrix at its current type, so a "
+        "mixed-type source such as Q4_K_M keeps its tensors). i-quants get an importance matrix from `llama-imatrix` on "
         f"`{st['calib_text_name']}` ({st['imatrix_chunks']} windows; the calibration text, not the evaluation "
         "text). The table shows the type actually written, read back from each file.",
         "",
