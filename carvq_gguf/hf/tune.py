@@ -127,7 +127,7 @@ def _kl(model, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Te
 
 def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.Tensor,
                row_weights: torch.Tensor | None = None, config: TuneConfig = TuneConfig(), seed: int = 0,
-               bos: int | None = None, progress: bool = True) -> tuple[CarvqState, dict[str, float]]:
+               bos: int | None = None, progress: bool = True) -> tuple[CarvqState, dict]:
     """Tune state's codebooks and correction rows (codes fixed) to bring the model's next-token
     distribution with the codec close to the one with matrix; returns (tuned state, stats).
 
@@ -136,8 +136,7 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     under the model's tokenizer (windows start with bos when given); row_weights [V] weigh the
     reconstruction term (None: all 1). stats holds the mean KL on eval_windows calibration
     windows before and after (kl_start, kl_end); when tuning did not lower it, state comes back
-    unchanged (kept False). Deterministic for a seed on one
-    machine.
+    unchanged (kept False). Deterministic for a seed on one machine.
     """
     V, n = state.vocab_size, state.embedding_dim
     if tuple(matrix.shape) != (V, n):
