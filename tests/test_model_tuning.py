@@ -165,3 +165,10 @@ def test_unloadable_model_falls_back_to_the_matrix_only_fit(tmp_path, monkeypatc
     assert "transformers cannot load" in capsys.readouterr().err
     with pytest.raises(CarvqError, match="transformers cannot load"):
         make_state(src, matrix, ConvertOptions(preset="carvq-1.6-fisher", calib_text=calib, progress=False))
+
+
+def test_negative_tuning_steps_are_refused_before_any_work(tmp_path):
+    from carvq_gguf.convert.pipeline import ConvertOptions, convert
+
+    with pytest.raises(CarvqError, match="--tune-steps"):
+        convert(tmp_path, tmp_path / "out.gguf", ConvertOptions(tune_steps=-1))

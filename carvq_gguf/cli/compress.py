@@ -2,13 +2,15 @@
 
     carvq-gguf compress SOURCE --preset NAME -o CODEC [--eval-text FILE] [--calib-text FILE]
                         [--json REPORT] [--seed N] [--windows W] [--window T] [--no-eval]
+                        [--tune-steps N]
 
 SOURCE is an HF model directory or a GGUF file. The codec is written to CODEC (codec/codec_file.py).
-Importance-weighted presets tokenize --calib-text (default: the bundled calib.txt). Unless
+Importance-weighted presets tokenize --calib-text (default: the bundled calib.txt), and the
+carvq-* presets then tune the codec against the model's KL on it (--tune-steps 0: no tuning). Unless
 --no-eval, the model's perplexity in PyTorch is measured with each input embedding (original,
 CARVQ, the same RVQ alone, round-to-nearest INT2/3/4 at group 64; tied head left as is) on
 fixed windows of --eval-text (default: the bundled eval.txt). A model without a tokenizer
-needs --no-eval and a preset without importance weighting.
+needs --no-eval and a preset without importance weighting or tuning.
 """
 
 from __future__ import annotations

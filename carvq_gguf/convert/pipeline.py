@@ -77,6 +77,8 @@ class ConvertOptions:
             from .quantize import check_quantize_type
 
             check_quantize_type(self.quantize)
+        if self.tune_steps is not None and self.tune_steps < 0:
+            raise CarvqError(f"--tune-steps must be >= 0, got {self.tune_steps}")
         if self.awq_with_carvq and self.awq is None:
             raise CarvqError("--awq-with-carvq changes how --awq calibrates; give --awq too")
         if self.awq is None:
