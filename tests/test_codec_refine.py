@@ -64,7 +64,7 @@ def test_joint_codebooks_solve_the_least_squares_problem():
     weights = torch.rand(300, generator=torch.Generator().manual_seed(5)) + 0.1
     codes, books = rvq.encode(m, CFG, weights, iters=5, progress=False)
     points = rvq.to_groups(m, CFG)
-    w = rvq.group_scalar(weights.reshape(-1, 1).expand(-1, 4), CFG)
+    w = rvq.group_weights(weights, *m.shape, CFG)
     labels = rvq.group_codes(codes, CFG)
     solved = rvq.joint_codebooks(points, w, labels, books.to(torch.float32), ridge=1e-9)
 

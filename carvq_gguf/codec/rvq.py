@@ -55,6 +55,18 @@ def group_scalar(values: torch.Tensor, cfg: RvqConfig) -> torch.Tensor:
     return flat.reshape(G, g)
 
 
+def group_weights(row_weights: torch.Tensor | None, vocab_size: int, embedding_dim: int,
+                  cfg: RvqConfig) -> torch.Tensor:
+    """Every row's weight on each of its sub-vectors, arranged like to_groups: float32 [G, N]
+    (None: all rows weigh 1)."""
+    V = vocab_size
+    if row_weights is None:
+        row_weights = torch.ones(V)
+    if tuple(row_weights.shape) != (V,):
+        raise CarvqError(f"row weights have shape {tuple(row_weights.shape)}, expected ({V},)")
+    return group_scalar(row_weights.to(torch.float32).reshape(V, 1).expand(V, cfg.n_subvectors(embedding_dim)), cfg)
+
+
 def encode(matrix: torch.Tensor, cfg: RvqConfig, row_weights: torch.Tensor | None = None,
            iters: int = 25, seed: int = 0, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize matrix [V, n] float32: returns (codes uint8 [V, L, S], codebooks float16 [L, G, K, h]).
@@ -65,11 +77,7 @@ def encode(matrix: torch.Tensor, cfg: RvqConfig, row_weights: torch.Tensor | Non
     cfg.validate(n)
     K = cfg.codebook_size
     points = to_groups(matrix.to(torch.float32), cfg)
-    if row_weights is None:
-        row_weights = torch.ones(V)
-    if tuple(row_weights.shape) != (V,):
-        raise CarvqError(f"row weights have shape {tuple(row_weights.shape)}, expected ({V},)")
-    weights = group_scalar(row_weights.to(torch.float32).reshape(V, 1).expand(V, cfg.n_subvectors(n)), cfg)
+    weights = group_weights(row_weights, V, n, cfg)
     generator = torch.Generator().manual_seed(seed)
     codebooks, codes = [], []
     residual = points
@@ -175,9 +183,7 @@ def refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, c
     lowers the weighted squared error. Returns (codes uint8 [V, L, S], codebooks float16)."""
     V, n = matrix.shape
     points = to_groups(matrix.to(torch.float32), cfg)
-    if row_weights is None:
-        row_weights = torch.ones(V)
-    weights = group_scalar(row_weights.to(torch.float32).reshape(V, 1).expand(V, cfg.n_subvectors(n)), cfg)
+    weights = group_weights(row_weights, V, n, cfg)
 
     def distortion(labels: torch.Tensor, books: torch.Tensor) -> float:
         approx = sum(torch.gather(books[level], 1, labels[..., level:level + 1].expand(-1, -1, points.shape[-1]))
