@@ -20,7 +20,6 @@ from ..codec.bits import bpw, component_bits
 from ..codec.codec_file import save_codec
 from ..codec.compress import compress_matrix, reconstruction_metrics, rvq_only, without_corrections
 from ..codec.embedding import CarvqEmbedding
-from ..codec.importance import text_token_weights
 from ..codec.presets import get_preset
 from ..codec.state import CarvqState
 from ..hf.fit import fit_with_model, tuning_steps
@@ -116,16 +115,15 @@ def compress_and_compare(options: CompressOptions) -> tuple[CarvqState, dict]:
             raise CarvqError(f"{options.source!r} has no tokenizer; preset {options.preset!r} needs one to read "
                              "the calibration text")
         text, report["calib_text"] = _read_text(options.calib_text, "calib.txt")
-    # frequency weights, for the weighted reconstruction error in the report
-    weights = None if text is None else text_token_weights(text, lambda t: tokenize_text(tokenizer, t), V)
-
     report["load_average_before"] = os.getloadavg()[0]
     start = time.perf_counter()
     if text is None:
+        weights = None
         state = compress_matrix(matrix, options.preset, None, seed=options.seed, progress=options.progress)
     else:
-        state, report["fit"] = fit_with_model(model, tokenizer, matrix, options.preset, text, seed=options.seed,
-                                              tune_steps=options.tune_steps, progress=options.progress)
+        fit = fit_with_model(model, tokenizer, matrix, options.preset, text, seed=options.seed,
+                             tune_steps=options.tune_steps, progress=options.progress)
+        state, weights, report["fit"] = fit.state, fit.weights, fit.stats
     report["seconds"] = time.perf_counter() - start
     report["load_average_after"] = os.getloadavg()[0]
     if options.output:

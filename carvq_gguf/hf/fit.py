@@ -8,6 +8,7 @@ from a GGUF file and from Python.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,10 +45,20 @@ def bos_id(tokenizer) -> int | None:
     return int(bos) if ids and ids[0] == bos else None
 
 
+@dataclass
+class Fit:
+    """What fit_with_model made: the codec, the row weights it was fitted with (None when the
+    preset is unweighted), and the seconds of each stage plus, when tuned, the calibration KL
+    before and after."""
+
+    state: CarvqState
+    weights: torch.Tensor | None
+    stats: dict
+
+
 def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: str, seed: int = 0,
-                   tune_steps: int | None = None, progress: bool = True) -> tuple[CarvqState, dict]:
-    """Fit matrix [V, n] (the model's input embedding) with preset on calibration text; returns
-    (state, stats): seconds of each stage and, when tuned, the calibration KL before and after.
+                   tune_steps: int | None = None, progress: bool = True) -> Fit:
+    """Fit matrix [V, n] (the model's input embedding) with preset on calibration text.
     tune_steps overrides the preset's end-to-end tuning steps (0: the matrix-only fit)."""
     import time
 
@@ -83,7 +94,7 @@ def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: st
         state, tune_stats = tune_codec(model, state, matrix, ids, weights, config, seed=seed,
                                        bos=bos_id(tokenizer), progress=progress)
         stats.update(tune_stats, tune_seconds=time.perf_counter() - start)
-    return state, stats
+    return Fit(state, weights, stats)
 
 
 def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed: int = 0,
@@ -101,10 +112,7 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
     if not needs_model(preset, tune_steps):
         weights = None
         if train.weighted:
-            ids = calibration_token_ids(source, text)
-            if int(ids.max()) >= V:
-                raise CarvqError(f"the tokenizer produced id {int(ids.max())} >= vocabulary size {V}")
-            weights = token_weights(ids.tolist(), V)
+            weights = token_weights(calibration_token_ids(source, text).tolist(), V)
         return compress_matrix(matrix, preset, weights, seed=seed, progress=progress)
     print(f"[fit] preset {preset} fits with the model in the loop: loading {source}", file=sys.stderr)
     try:
@@ -121,9 +129,10 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
         return fit_source(source, matrix, preset, text, seed=seed, tune_steps=0, progress=progress)
     if torch.cuda.is_available():
         model.to("cuda")
-    state, stats = fit_with_model(model, tokenizer, matrix, preset, text, seed=seed, tune_steps=tune_steps,
-                                  progress=progress)
+    fit = fit_with_model(model, tokenizer, matrix, preset, text, seed=seed, tune_steps=tune_steps,
+                         progress=progress)
+    stats = fit.stats
     if "tune_seconds" in stats:
         print(f"[fit] k-means {stats['fit_seconds']:.0f} s, end-to-end tuning {stats['tune_seconds']:.0f} s "
               f"(calibration KL {stats['kl_start']:.4f} -> {stats['kl_end']:.4f})", file=sys.stderr)
-    return state
+    return fit.state
