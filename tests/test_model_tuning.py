@@ -101,9 +101,9 @@ def test_tuning_refuses_bad_input(tmp_path):
         tune_codec(model, state, matrix, ids + 9000, weights, CONFIG, progress=False)
 
 
-def test_convert_tunes_with_the_default_preset(tmp_path):
-    """convert's codec step with carvq-1.6 runs the model in the loop: its calibration KL is
-    below that of the same preset fitted to the matrix alone."""
+def test_convert_fits_with_the_model_in_the_loop_for_the_default_preset(tmp_path):
+    """convert's codec step with carvq-1.6 runs the model in the loop: re-encoding under its
+    Fisher metric lowers the calibration KL of the matrix-only fit by more than 10%."""
     from carvq_gguf.convert.pipeline import ConvertOptions, make_state
     from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
     from carvq_gguf.hf.perplexity import tokenize_text
@@ -111,8 +111,10 @@ def test_convert_tunes_with_the_default_preset(tmp_path):
 
     src = make_tiny_hf(tmp_path / "hf", tied=False, vocab_size=8192)  # 1.6 bpw needs V >= ~7.7k at n = 64
     model, tokenizer = load_causal_lm(src)
-    with torch.no_grad():  # sharpen the random model's logits so that the embedding matters
-        model.get_output_embeddings().weight *= 30
+    with torch.no_grad():  # sharpen the random model's logits so that the embedding matters, and make a
+        model.get_output_embeddings().weight *= 30  # few directions matter most, as in a trained model
+        for norm in [layer.input_layernorm for layer in model.model.layers] + [model.model.norm]:
+            norm.weight[:8] *= 8
     model.save_pretrained(src)
     g = torch.Generator().manual_seed(0)  # many distinct pieces, so the matrix-only fit leaves an error
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -122,13 +124,23 @@ def test_convert_tunes_with_the_default_preset(tmp_path):
     calib.write_text(text)
     matrix = input_embedding_matrix(model)
     ids = torch.tensor(tokenize_text(tokenizer, text))
-    tuned = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False))
-    plain = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False,
-                                                   tune_steps=0))
+
+    def fit(**overrides):
+        return make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False,
+                                                      **overrides))
+
+    def kl(state):
+        return _kl(model, CarvqEmbedding(state).decode_all(), ids)
+
+    full, encoded, plain = fit(), fit(tune_steps=0), fit(tune_steps=0, metric_rounds=0)
     assert torch.equal(plain.codebooks, compress_matrix(
         matrix, "carvq-1.6", token_weights(ids.tolist(), matrix.shape[0]), progress=False).codebooks)
-    assert torch.equal(tuned.codes, plain.codes) and not torch.equal(tuned.codebooks, plain.codebooks)
-    assert _kl(model, CarvqEmbedding(tuned).decode_all(), ids) < _kl(model, CarvqEmbedding(plain).decode_all(), ids)
+    assert not torch.equal(encoded.codes, plain.codes)
+    assert kl(encoded) < 0.9 * kl(plain), (kl(encoded), kl(plain))
+    # tuning keeps the codes, and keeps its result only where it lowers the KL (on this tiny model
+    # the metric's fit is already close: test_tuning_lowers_calibration_kl... covers the tuning)
+    assert torch.equal(full.codes, encoded.codes)
+    assert kl(full) <= 1.02 * kl(encoded)
 
 
 def test_model_aware_preset_needs_a_tokenizer(tmp_path):
@@ -143,7 +155,7 @@ def test_model_aware_preset_needs_a_tokenizer(tmp_path):
 
 def test_unloadable_model_falls_back_to_the_matrix_only_fit(tmp_path, monkeypatch, capsys):
     """A GGUF whose architecture transformers cannot read still converts, with a warning: the
-    fit is then the matrix-only one (what --tune-steps 0 gives)."""
+    fit is then the matrix-only one (what --metric-rounds 0 --tune-steps 0 gives)."""
     from carvq_gguf.convert.pipeline import ConvertOptions, make_state
     from carvq_gguf.hf import model as hf_model
     from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
@@ -154,7 +166,7 @@ def test_unloadable_model_falls_back_to_the_matrix_only_fit(tmp_path, monkeypatc
     calib = tmp_path / "calib.txt"
     calib.write_text("Return the number of items in a container. Open file and return a file object. " * 40)
     plain = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False,
-                                                   tune_steps=0))
+                                                   tune_steps=0, metric_rounds=0))
 
     def unsupported(*args, **kwargs):
         raise ValueError("GGUF model with architecture tinyarch is not supported yet")
@@ -167,8 +179,34 @@ def test_unloadable_model_falls_back_to_the_matrix_only_fit(tmp_path, monkeypatc
         make_state(src, matrix, ConvertOptions(preset="carvq-1.6-fisher", calib_text=calib, progress=False))
 
 
-def test_negative_tuning_steps_are_refused_before_any_work(tmp_path):
+def test_bad_model_loop_options_are_refused_before_any_work(tmp_path):
     from carvq_gguf.convert.pipeline import ConvertOptions, convert
 
     with pytest.raises(CarvqError, match="--tune-steps"):
         convert(tmp_path, tmp_path / "out.gguf", ConvertOptions(tune_steps=-1))
+    with pytest.raises(CarvqError, match="--metric-rounds"):
+        convert(tmp_path, tmp_path / "out.gguf", ConvertOptions(metric_rounds=-1))
+    with pytest.raises(CarvqError, match="column layout"):
+        convert(tmp_path, tmp_path / "out.gguf", ConvertOptions(preset="carvq-paper", metric_rounds=1))
+
+
+def test_embedding_fisher_finds_the_directions_that_cost(tmp_path):
+    """The same small shift of every row costs far more KL along the Fisher's top eigenvector
+    than along its bottom one; the estimate is symmetric and deterministic for a seed."""
+    from carvq_gguf.hf.importance import embedding_fisher
+
+    model = _tiny(tmp_path)
+    ids = _calib_ids()
+    windows = calibration_windows(ids, 64)[:8, :-1]
+    fisher = embedding_fisher(model, windows, positions=16, seed=0)
+    n = model.get_input_embeddings().weight.shape[1]
+    assert fisher.shape == (n, n) and torch.allclose(fisher, fisher.T)
+    assert torch.equal(fisher, embedding_fisher(model, windows, positions=16, seed=0))
+    values, vectors = torch.linalg.eigh(fisher)
+    matrix = model.get_input_embeddings().weight.detach()
+    step = 0.2 * float(matrix.norm(dim=1).mean())
+    top = _kl(model, matrix + step * vectors[:, -1].float(), ids)
+    bottom = _kl(model, matrix + step * vectors[:, 0].float(), ids)
+    assert top > 5 * bottom, (top, bottom)
+    with pytest.raises(CarvqError, match="windows"):
+        embedding_fisher(model, windows[:, :1])

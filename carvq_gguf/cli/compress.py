@@ -2,11 +2,12 @@
 
     carvq-gguf compress SOURCE --preset NAME -o CODEC [--eval-text FILE] [--calib-text FILE]
                         [--json REPORT] [--seed N] [--windows W] [--window T] [--no-eval]
-                        [--tune-steps N]
+                        [--tune-steps N] [--metric-rounds N]
 
 SOURCE is an HF model directory or a GGUF file. The codec is written to CODEC (codec/codec_file.py).
 Importance-weighted presets tokenize --calib-text (default: the bundled calib.txt), and the
-carvq-* presets then tune the codec against the model's KL on it (--tune-steps 0: no tuning). Unless
+carvq-* presets then re-encode the codes under the model's Fisher metric measured on it
+(--metric-rounds 0 skips it) and tune the codec against the model's KL on it (--tune-steps 0 skips it). Unless
 --no-eval, the model's perplexity in PyTorch is measured with each input embedding (original,
 CARVQ, the same RVQ alone, round-to-nearest INT2/3/4 at group 64; tied head left as is) on
 fixed windows of --eval-text (default: the bundled eval.txt). A model without a tokenizer
@@ -32,8 +33,12 @@ def register(subparsers) -> None:
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tune-steps", type=int, default=None, metavar="N",
-                   help="steps of end-to-end tuning of the codec with the model in the loop, on --calib-text "
-                        "(default: the preset's; 0 fits to the matrix alone)")
+                   help="steps of end-to-end tuning of the codec against the model's KL on --calib-text "
+                        "(default: the preset's; 0: none)")
+    p.add_argument("--metric-rounds", type=int, default=None, metavar="N",
+                   help="rounds of re-encoding the codes under the model's sensitivity to an embedding error "
+                        "(its Fisher on --calib-text) with GPTQ-style error feedback (default: the preset's; 0: none; "
+                        "with --tune-steps 0 too, the fit is to the matrix alone)")
     p.add_argument("--windows", type=int, default=8, help="evaluation windows (default 8)")
     p.add_argument("--window", type=int, default=512, help="tokens per window, second half scored (default 512)")
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = CompressOptions(args.source, args.preset, args.output, args.calib_text, args.eval_text, args.json,
                               args.seed, args.windows, args.window, not args.no_eval, not args.quiet,
-                              args.tune_steps)
+                              args.tune_steps, args.metric_rounds)
     _, report = compress_and_compare(options)
     print_table(report)
     return 0

@@ -36,8 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="HF source only: keep the base GGUF from convert_hf_to_gguf.py at FILE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tune-steps", type=int, default=None, metavar="N",
-                   help="steps of end-to-end tuning of the codec with the model in the loop, on --calib-text "
-                        "(default: the preset's; 0 fits to the matrix alone and needs no model)")
+                   help="steps of end-to-end tuning of the codec against the model's KL on --calib-text "
+                        "(default: the preset's; 0: none)")
+    p.add_argument("--metric-rounds", type=int, default=None, metavar="N",
+                   help="rounds of re-encoding the codes under the model's sensitivity to an embedding error "
+                        "(its Fisher on --calib-text) with GPTQ-style error feedback (default: the preset's; 0: none; "
+                        "with --tune-steps 0 too, the fit is to the matrix alone and needs no model)")
     p.add_argument("--quantize", default=None, metavar="TYPE",
                    help="quantize the transformer weights with llama.cpp's quantizer, e.g. Q4_K_M (needs the patched "
                         "runtime from `carvq-gguf build-runtime`); output.weight follows llama.cpp's choice "
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                              base_type=args.base_type, seed=args.seed, progress=not args.no_progress,
                              keep_base=args.keep_base, codec=args.codec, quantize=args.quantize,
                              awq=AwqConfig(max_windows=args.awq_windows) if args.awq else None,
-                             awq_with_carvq=args.awq_with_carvq, tune_steps=args.tune_steps)
+                             awq_with_carvq=args.awq_with_carvq, tune_steps=args.tune_steps,
+                             metric_rounds=args.metric_rounds)
     result = convert(args.source, args.output, options)
     delta = result.out_bytes - result.base_bytes
     print(f"wrote {result.out_path} ({megabytes(result.out_bytes)} MB), verified by reading it back")

@@ -2,8 +2,8 @@
 
 Order of work: pick the correction tokens (most important rows) -> RVQ with importance-weighted
 k-means (correction tokens weigh only the floor there, they get fixed anyway), refined by joint
-least-squares codebooks and beam-search encoding -> adaptor on
-the RVQ residual -> correction rows = what RVQ + adaptor still miss on those tokens, in F16.
+least-squares codebooks and beam-search encoding -> (with the model's error metric) codes
+re-encoded under it, group by group -> adaptor on the RVQ residual -> correction rows = what RVQ + adaptor still miss on those tokens, in F16.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from . import rvq
 from .adaptor import train_adaptor
 from .embedding import CarvqEmbedding
+from .metric import metric_refine
 from .presets import get_preset
 from ..errors import CarvqError
 from .state import CarvqState
@@ -39,12 +40,16 @@ def pick_correction_ids(importance: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tensor | None = None,
-                    seed: int = 0, progress: bool = True) -> CarvqState:
+                    seed: int = 0, progress: bool = True, metric: torch.Tensor | None = None,
+                    metric_rounds: int | None = None) -> CarvqState:
     """Compress matrix [V, n] with the named preset; deterministic for a seed.
 
     token_weights [V] (calibration frequencies, calib.token_weights) is used when the preset is
     importance-weighted; without it every row weighs the same, and correction rows go to the
-    rows the codec fits worst. Returns a checked state in stored dtypes.
+    rows the codec fits worst. metric [n, n], the cost of a row error e as e metric e^T (the
+    model's Fisher, hf/importance.embedding_fisher), makes the codes be re-encoded under it for
+    metric_rounds rounds (None: the preset's; metric.metric_refine); without it the fit is to
+    the matrix alone. Returns a checked state in stored dtypes.
     """
     check_matrix(matrix)
     matrix = matrix.detach().to(torch.float32).cpu()
@@ -70,6 +75,10 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
                                   progress=progress)
     if train.refine_rounds:
         codes, codebooks = rvq.refine(matrix, codes, codebooks, resolved.rvq, fit_weights, rounds=train.refine_rounds)
+    rounds = train.metric_rounds if metric_rounds is None else metric_rounds
+    if metric is not None and rounds > 0:
+        codes, codebooks = metric_refine(matrix, codes, codebooks, resolved.rvq, metric.detach().cpu(), fit_weights,
+                                         rounds=rounds)
     state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor,
                        codes=codes, codebooks=codebooks, preset=preset)
     if resolved.adaptor.enabled:

@@ -32,6 +32,10 @@ class TrainConfig:
               tokenizer at fit time).
     refine_rounds: rounds of joint least-squares codebooks + beam-search re-encoding after the
               greedy level-by-level k-means (rvq.refine); 0 = greedy RVQ as in the paper.
+    metric_rounds: rounds of re-encoding the codes under the model's sensitivity to a row error
+              (its Fisher with respect to the input embedding), group by group with GPTQ-style
+              error feedback (codec/metric.py); 0 = codes nearest in plain squared error. Needs
+              the model and its tokenizer.
     tune_steps: steps of end-to-end tuning after the k-means fit (hf/tune.py): codebooks and
               correction rows trained, codes fixed, to minimise the model's KL on the
               calibration text; 0 = fit to the matrix only. Needs the model and its tokenizer.
@@ -44,6 +48,7 @@ class TrainConfig:
     weighted: bool = True
     importance: str = "frequency"
     refine_rounds: int = 3
+    metric_rounds: int = 0
     tune_steps: int = 0
 
 
@@ -104,10 +109,10 @@ _PAPER_ADAPTOR = AdaptorConfig(table_dim=16, hidden_dims=(384, 512))
 _PAPER_RVQ = RvqConfig(subvector_dim=8, codebook_bits=4, levels=2, group_layout="block", group_size=1024)
 _PAPER_TRAIN = TrainConfig(weighted=False, refine_rounds=0)
 
-# End-to-end tuning with the model in the loop (hf/tune.py): measured on SmolLM2 and Gemma 3
-# 270M (docs/EXPERIMENTS.md); these steps keep the whole fit within 5 min (SmolLM2) and 30 min
-# (Gemma 3) on 2 CPU cores.
-_TUNED = TrainConfig(tune_steps=60)
+# The model in the loop: codes re-encoded under its Fisher metric (codec/metric.py), then end-to-end
+# tuning (hf/tune.py). Measured on SmolLM2 and Gemma 3 270M (docs/EXPERIMENTS.md); these settings
+# keep the whole fit within 5 min (SmolLM2) and 30 min (Gemma 3) on 2 CPU cores.
+_TUNED = TrainConfig(metric_rounds=2, tune_steps=60)
 
 _PRESETS = [
     Preset("carvq-1.2", 1.2, _column(2), _NO_ADAPTOR, _TUNED),

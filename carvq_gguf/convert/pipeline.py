@@ -50,7 +50,9 @@ class ConvertOptions:
     awq: AWQ settings to fold activation-aware scales in before quantizing (None: no AWQ);
          awq_with_carvq runs that search with the CARVQ embedding in place of the dense one.
     tune_steps: end-to-end tuning steps of the codec with the model in the loop (None: the
-         preset's; 0: fit to the matrix only).
+         preset's; 0: none).
+    metric_rounds: rounds of re-encoding the codes under the model's Fisher metric (None: the
+         preset's; 0: none). With both 0 the fit is to the matrix alone and needs no model.
     """
 
     preset: str = "carvq-1.6"
@@ -65,6 +67,7 @@ class ConvertOptions:
     awq: AwqConfig | None = None
     awq_with_carvq: bool = False
     tune_steps: int | None = None
+    metric_rounds: int | None = None
 
     def check(self) -> "ConvertOptions":
         """CarvqError now, before any work, for options that cannot run together; returns the
@@ -72,13 +75,18 @@ class ConvertOptions:
         if self.codec is None:
             from ..codec.presets import get_preset
 
+            from ..hf.fit import metric_rounds
+
             get_preset(self.preset)  # an unknown name fails now, not after the base GGUF is made
         if self.quantize is not None:
             from .quantize import check_quantize_type
 
             check_quantize_type(self.quantize)
-        if self.tune_steps is not None and self.tune_steps < 0:
-            raise CarvqError(f"--tune-steps must be >= 0, got {self.tune_steps}")
+        for flag, value in (("--tune-steps", self.tune_steps), ("--metric-rounds", self.metric_rounds)):
+            if value is not None and value < 0:
+                raise CarvqError(f"{flag} must be >= 0, got {value}")
+        if self.codec is None:
+            metric_rounds(self.preset, self.metric_rounds)  # a layout that cannot take them
         if self.awq_with_carvq and self.awq is None:
             raise CarvqError("--awq-with-carvq changes how --awq calibrates; give --awq too")
         if self.awq is None:
@@ -129,7 +137,7 @@ def make_state(source: Path, matrix: torch.Tensor, options: ConvertOptions) -> C
 
     print(f"[convert] compressing token_embd {V} x {n} with preset {preset}", file=sys.stderr)
     return fit_source(source, matrix, preset, read_calib_text(options.calib_text), seed=options.seed,
-                      tune_steps=options.tune_steps, progress=options.progress)
+                      tune_steps=options.tune_steps, progress=options.progress, rounds=options.metric_rounds)
 
 
 def write_verified(reader, state: CarvqState, tmp: Path, head, options: ConvertOptions) -> None:

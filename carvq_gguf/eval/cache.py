@@ -22,13 +22,11 @@ from typing import Any
 from ..runtime import sdist
 from ..errors import CarvqError
 
-# The modules that decide what a built CARVQ variant contains: the codec, the GGUF writer and the
-# converter package (not the evaluation modules, so editing those keeps built models).
-CODEC_MODULES = ("codec.adaptor", "codec.bits", "codec.importance", "codec.compress", "gguf.carvq_io", "codec.kmeans",
-                 "codec.presets", "codec.rvq", "codec.state", "codec.packing", "codec.baselines", "codec.embedding",
-                 "codec.codec_file", "atomic", "gguf.rewrite", "hf.calibration", "hf.importance", "hf.fit",
-                 "hf.tune", "hf.model", "hf.perplexity")
-CODEC_PACKAGES = ("convert",)
+# The modules that decide what a built CARVQ variant contains: the codec and the model-in-the-loop
+# fit, the GGUF writer and the converter (not the evaluation modules, so editing those keeps built
+# models).
+CODEC_MODULES = ("atomic", "gguf.carvq_io", "gguf.rewrite")
+CODEC_PACKAGES = ("codec", "hf", "convert")  # whole packages, so a new module there is never missed
 
 
 def hash_key(*parts: Any) -> str:

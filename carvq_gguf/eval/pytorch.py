@@ -22,7 +22,7 @@ from ..codec.compress import compress_matrix, reconstruction_metrics, rvq_only, 
 from ..codec.embedding import CarvqEmbedding
 from ..codec.presets import get_preset
 from ..codec.state import CarvqState
-from ..hf.fit import fit_with_model, tuning_steps
+from ..hf.fit import fit_with_model, needs_model
 from ..data import bundled_text
 from ..errors import CarvqError
 from ..hf.model import input_embedding_matrix, load_causal_lm, replace_input_embedding, replace_input_matrix
@@ -46,7 +46,8 @@ class CompressOptions:
     window: int = 512
     evaluate: bool = True
     progress: bool = True
-    tune_steps: int | None = None   # end-to-end tuning steps (None: the preset's, 0: matrix-only fit)
+    tune_steps: int | None = None     # end-to-end tuning steps (None: the preset's, 0: none)
+    metric_rounds: int | None = None  # rounds of re-encoding under the model's Fisher (None: the preset's, 0: none)
 
 
 def _read_text(path: str | None, default: str) -> tuple[str, str]:
@@ -110,7 +111,7 @@ def compress_and_compare(options: CompressOptions) -> tuple[CarvqState, dict]:
     if tokenizer is None and options.evaluate:
         raise CarvqError(f"{options.source!r} has no tokenizer: pass --no-eval to skip the perplexity evaluation")
     text = None
-    if resolved.train.weighted or tuning_steps(options.preset, options.tune_steps) > 0:
+    if resolved.train.weighted or needs_model(options.preset, options.tune_steps, options.metric_rounds):
         if tokenizer is None:
             raise CarvqError(f"{options.source!r} has no tokenizer; preset {options.preset!r} needs one to read "
                              "the calibration text")
@@ -122,7 +123,8 @@ def compress_and_compare(options: CompressOptions) -> tuple[CarvqState, dict]:
         state = compress_matrix(matrix, options.preset, None, seed=options.seed, progress=options.progress)
     else:
         fit = fit_with_model(model, tokenizer, matrix, options.preset, text, seed=options.seed,
-                             tune_steps=options.tune_steps, progress=options.progress)
+                             tune_steps=options.tune_steps, progress=options.progress,
+                             rounds=options.metric_rounds)
         state, weights, report["fit"] = fit.state, fit.weights, fit.stats
     report["seconds"] = time.perf_counter() - start
     report["load_average_after"] = os.getloadavg()[0]

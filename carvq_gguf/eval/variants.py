@@ -136,6 +136,8 @@ def recipe(state, preset: str) -> str:
              f"{state.n_correction_rows} correction rows"]
     if train.refine_rounds:
         parts.insert(2, "refined by joint least squares + beam search")
+    if train.metric_rounds:
+        parts.insert(3, f"codes re-encoded {train.metric_rounds} rounds under the model's Fisher")
     if train.tune_steps:
         parts.append(f"tuned {train.tune_steps} steps on the model's KL")
     return ", ".join(parts)

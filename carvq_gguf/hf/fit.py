@@ -1,5 +1,6 @@
 """Fit a codec for a model's input embedding the way its preset asks: importance weights from
-calibration text, the matrix-only k-means fit, then (model-aware presets) end-to-end tuning.
+calibration text, the k-means fit, then (model-aware presets) the codes re-encoded under the
+model's Fisher metric and end-to-end tuning.
 
 convert and compress both come here, so a preset means the same fit from an HF directory,
 from a GGUF file and from Python.
@@ -21,6 +22,9 @@ from ..errors import CarvqError
 from .tune import TuneConfig, tune_codec
 
 
+FISHER_WINDOWS = 32  # calibration windows of TuneConfig.window tokens for the embedding Fisher
+
+
 def tuning_steps(preset: str, tune_steps: int | None = None) -> int:
     """The end-to-end tuning steps of a fit: tune_steps when given, else the preset's."""
     steps = get_preset(preset).train.tune_steps if tune_steps is None else tune_steps
@@ -29,10 +33,24 @@ def tuning_steps(preset: str, tune_steps: int | None = None) -> int:
     return steps
 
 
-def needs_model(preset: str, tune_steps: int | None = None) -> bool:
-    """True when the fit runs the model (Fisher importance or end-to-end tuning)."""
+def metric_rounds(preset: str, rounds: int | None = None) -> int:
+    """The rounds of re-encoding under the model's Fisher metric: rounds when given, else the
+    preset's; CarvqError for a negative count or a preset whose group layout cannot take it."""
+    resolved = get_preset(preset)
+    rounds = resolved.train.metric_rounds if rounds is None else rounds
+    if rounds < 0:
+        raise CarvqError(f"metric rounds must be >= 0, got {rounds}")
+    if rounds and resolved.rvq.group_layout != "column":
+        raise CarvqError(f"preset {preset!r} uses the {resolved.rvq.group_layout!r} group layout; "
+                         "re-encoding under the model's metric needs the column layout")
+    return rounds
+
+
+def needs_model(preset: str, tune_steps: int | None = None, rounds: int | None = None) -> bool:
+    """True when the fit runs the model (Fisher importance or metric, or end-to-end tuning)."""
     train = get_preset(preset).train
-    return tuning_steps(preset, tune_steps) > 0 or (train.weighted and train.importance == "fisher")
+    return (tuning_steps(preset, tune_steps) > 0 or metric_rounds(preset, rounds) > 0
+            or (train.weighted and train.importance == "fisher"))
 
 
 def bos_id(tokenizer) -> int | None:
@@ -57,12 +75,14 @@ class Fit:
 
 
 def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: str, seed: int = 0,
-                   tune_steps: int | None = None, progress: bool = True) -> Fit:
+                   tune_steps: int | None = None, progress: bool = True, rounds: int | None = None) -> Fit:
     """Fit matrix [V, n] (the model's input embedding) with preset on calibration text.
-    tune_steps overrides the preset's end-to-end tuning steps (0: the matrix-only fit)."""
+    tune_steps and rounds override the preset's end-to-end tuning steps and rounds of
+    re-encoding under the model's Fisher metric (both 0: the matrix-only fit)."""
     import time
 
-    from .importance import fisher_token_weights
+    from .importance import embedding_fisher, fisher_token_weights
+    from .tune import calibration_windows, spread_windows
     from .perplexity import tokenize_text
 
     if tokenizer is None:
@@ -85,20 +105,28 @@ def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: st
             weights = fisher_token_weights(model, ids)
     else:
         weights = token_weights(ids.tolist(), V) if train.weighted else None
-    state = compress_matrix(matrix, preset, weights, seed=seed, progress=progress)
-    stats["fit_seconds"] = time.perf_counter() - start
-    steps = tuning_steps(preset, tune_steps)
-    if steps > 0:
+    metric = None
+    rounds = metric_rounds(preset, rounds)
+    config = TuneConfig(steps=tuning_steps(preset, tune_steps))
+    bos = bos_id(tokenizer)
+    if rounds:
+        windows = spread_windows(calibration_windows(ids, config.window, bos), FISHER_WINDOWS)[:, :-1]
+        with torch.enable_grad():
+            metric = embedding_fisher(model, windows, config.kl_positions, seed=seed, progress=progress)
+        stats["fisher_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-        config = TuneConfig(steps=steps)
-        state, tune_stats = tune_codec(model, state, matrix, ids, weights, config, seed=seed,
-                                       bos=bos_id(tokenizer), progress=progress)
+    state = compress_matrix(matrix, preset, weights, seed=seed, progress=progress, metric=metric, metric_rounds=rounds)
+    stats["fit_seconds"] = time.perf_counter() - start
+    if config.steps > 0:
+        start = time.perf_counter()
+        state, tune_stats = tune_codec(model, state, matrix, ids, weights, config, seed=seed, bos=bos,
+                                       progress=progress)
         stats.update(tune_stats, tune_seconds=time.perf_counter() - start)
     return Fit(state, weights, stats)
 
 
 def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed: int = 0,
-               tune_steps: int | None = None, progress: bool = True) -> CarvqState:
+               tune_steps: int | None = None, progress: bool = True, rounds: int | None = None) -> CarvqState:
     """Fit matrix, the token_embd of source (HF directory or GGUF file), with preset.
 
     Presets that only count tokens need just the tokenizer (calibration_token_ids, which also
@@ -109,7 +137,7 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
 
     train = get_preset(preset).train
     V = matrix.shape[0]
-    if not needs_model(preset, tune_steps):
+    if not needs_model(preset, tune_steps, rounds):
         weights = None
         if train.weighted:
             weights = token_weights(calibration_token_ids(source, text).tolist(), V)
@@ -124,15 +152,19 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
             raise CarvqError(f"preset {preset!r} needs the model in PyTorch, and transformers cannot load "
                              f"{source}: {e}") from e
         print(f"[fit] WARNING: transformers cannot load {source} ({type(e).__name__}: {e}); fitting to the "
-              "matrix alone, without end-to-end tuning (pass --tune-steps 0 to ask for this directly)",
-              file=sys.stderr)
-        return fit_source(source, matrix, preset, text, seed=seed, tune_steps=0, progress=progress)
+              "matrix alone, without the model's metric or end-to-end tuning (pass --metric-rounds 0 "
+              "--tune-steps 0 to ask for this directly)", file=sys.stderr)
+        return fit_source(source, matrix, preset, text, seed=seed, tune_steps=0, progress=progress, rounds=0)
     if torch.cuda.is_available():
         model.to("cuda")
     fit = fit_with_model(model, tokenizer, matrix, preset, text, seed=seed, tune_steps=tune_steps,
-                         progress=progress)
+                         progress=progress, rounds=rounds)
     stats = fit.stats
+    parts = [f"k-means and encoding {stats['fit_seconds']:.0f} s"]
+    if "fisher_seconds" in stats:
+        parts.insert(0, f"the model's Fisher {stats['fisher_seconds']:.0f} s")
     if "tune_seconds" in stats:
-        print(f"[fit] k-means {stats['fit_seconds']:.0f} s, end-to-end tuning {stats['tune_seconds']:.0f} s "
-              f"(calibration KL {stats['kl_start']:.4f} -> {stats['kl_end']:.4f})", file=sys.stderr)
+        parts.append(f"end-to-end tuning {stats['tune_seconds']:.0f} s "
+                     f"(calibration KL {stats['kl_start']:.4f} -> {stats['kl_end']:.4f})")
+    print(f"[fit] {', '.join(parts)}", file=sys.stderr)
     return fit.state

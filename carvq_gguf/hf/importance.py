@@ -1,4 +1,9 @@
-"""Token-row importance measured with the model in the loop: a diagonal Fisher of the embedding.
+"""Importance measured with the model in the loop: how much an error in the input embedding costs.
+
+Two measures. embedding_fisher: the Fisher of the next-token distribution with respect to an
+input embedding row, an [n, n] metric shared by all rows, which says in which directions an
+error costs (codec/metric.py encodes under it). fisher_row_scores / fisher_token_weights: a
+diagonal Fisher over the rows, which says which rows cost.
 
 Frequency alone says how often a row is read, not how much an error in it costs. The mean
 squared gradient of the next-token loss with respect to each embedding row, summed over the
@@ -18,8 +23,53 @@ import torch
 
 from ..codec.importance import DEFAULT_FLOOR
 from ..errors import CarvqError
+from .model import embed_scale
 
 SENSITIVITY_CLAMP = (0.25, 4.0)  # relative sensitivity kept within 1/4x..4x of the mean
+
+
+def embedding_fisher(model, windows: torch.Tensor, positions: int = 64, seed: int = 0,
+                     progress: bool = False) -> torch.Tensor:
+    """float64 [n, n]: the mean over input positions of g g^T, g the gradient of the log-likelihood
+    of next tokens sampled from the model itself, with respect to that position's (unscaled)
+    embedding row. In expectation this is the Fisher of the model's next-token distributions, so
+    an error e in a row costs about e F e^T / 2 nats of KL wherever the row is read.
+
+    windows int64 [W, T] are calibration token windows (hf.tune.calibration_windows); the log-
+    likelihood is taken at positions random positions of each (0: all), the whole window still
+    read as context, which keeps a large vocabulary's output head cheap. The first position
+    (BOS for some tokenizers, an attention sink whose row is like no other) is left out of the
+    mean. Deterministic for a seed.
+    """
+    from tqdm import tqdm
+
+    weight = model.get_input_embeddings().weight
+    windows = torch.as_tensor(windows, dtype=torch.int64)
+    if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
+        raise CarvqError(f"the Fisher needs windows of at least 2 tokens, got shape {tuple(windows.shape)}")
+    V, n = weight.shape
+    if int(windows.min()) < 0 or int(windows.max()) >= V:
+        raise CarvqError(f"calibration token ids must lie in [0, {V})")
+    T = windows.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    scale = embed_scale(model)
+    fisher = torch.zeros(n, n, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for window in tqdm(windows, desc="embedding Fisher", disable=not progress):
+            keep = torch.arange(T) if positions <= 0 or positions >= T else \
+                torch.randperm(T, generator=generator)[:positions].sort().values
+            x = weight.detach()[window.to(weight.device)].float().unsqueeze(0).requires_grad_(True)
+            logits = model(inputs_embeds=x * scale, logits_to_keep=keep.to(weight.device)).logits[0].float()
+            sampled = torch.multinomial(torch.softmax(logits.detach().cpu(), -1), 1, generator=generator)[:, 0]
+            loss = torch.nn.functional.cross_entropy(logits, sampled.to(logits.device), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            g = grad[0, 1:].double().cpu()
+            fisher += g.T @ g
+    finally:
+        model.train(was_training)
+    return fisher / (windows.shape[0] * (T - 1))
 
 
 def fisher_row_scores(model, token_ids: torch.Tensor, window: int = 256, max_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +96,7 @@ def fisher_row_scores(model, token_ids: torch.Tensor, window: int = 256, max_tok
                 break
             inputs = chunk[:-1].unsqueeze(0)
             x = emb.detach()[inputs].clone().requires_grad_(True)
-            logits = model(inputs_embeds=x).logits[0].float()
+            logits = model(inputs_embeds=x * embed_scale(model)).logits[0].float()
             loss = torch.nn.functional.cross_entropy(logits, chunk[1:])
             (grad,) = torch.autograd.grad(loss, x)
             fisher.index_add_(0, inputs[0], grad[0].double().pow(2).sum(1))

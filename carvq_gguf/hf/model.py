@@ -47,6 +47,13 @@ def load_causal_lm(source: str | Path, need_tokenizer: bool = False):
     return model, tokenizer
 
 
+def embed_scale(model) -> float | torch.Tensor:
+    """The factor the model's embedding module applies after the lookup (Gemma: sqrt(n)), else 1:
+    whoever feeds inputs_embeds must apply it too."""
+    scale = getattr(model.get_input_embeddings(), "embed_scale", None)
+    return 1.0 if scale is None else scale
+
+
 def input_embedding_matrix(model) -> torch.Tensor:
     """A float32 copy of the model's input token-embedding matrix, [V, n]."""
     weight = model.get_input_embeddings().weight

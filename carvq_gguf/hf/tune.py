@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..codec.state import CarvqState
 from ..errors import CarvqError
+from .model import embed_scale
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,6 @@ def calibration_windows(token_ids: torch.Tensor, window: int, bos: int | None = 
     return out
 
 
-def _embed_scale(model) -> float | torch.Tensor:
-    """The factor the model's embedding module applies after the lookup (Gemma: sqrt(n)), else 1."""
-    scale = getattr(model.get_input_embeddings(), "embed_scale", None)
-    return 1.0 if scale is None else scale
-
-
 def _kl(model, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor | int = 0) -> torch.Tensor:
     """Mean KL(teacher || student) of the next-token distributions, from inputs_embeds, at the given
     positions of every window (0: all)."""
@@ -123,6 +118,12 @@ def _kl(model, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Te
         ref = F.log_softmax(model(inputs_embeds=teacher, logits_to_keep=positions).logits.float(), -1)
     got = F.log_softmax(model(inputs_embeds=student, logits_to_keep=positions).logits.float(), -1)
     return F.kl_div(got, ref, log_target=True, reduction="none").sum(-1).mean()
+
+
+def spread_windows(windows: torch.Tensor, count: int) -> torch.Tensor:
+    """count of windows [W, T] spread evenly over the text (all of them when W <= count)."""
+    pick = torch.linspace(0, windows.shape[0] - 1, min(count, windows.shape[0])).round().long()
+    return windows[pick.to(windows.device)]
 
 
 def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.Tensor,
@@ -150,15 +151,14 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     weights = weights.to(device)
     windows = windows.to(device)
     decoder = _Decoder(state).to(device)
-    scale = _embed_scale(model)
+    scale = embed_scale(model)
     generator = torch.Generator().manual_seed(seed)
     rms = float(matrix.pow(2).mean().sqrt())
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.lr * rms)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.steps)))
     energy = float((weights * matrix.pow(2).sum(1)).sum()) / V
-    spread = torch.linspace(0, windows.shape[0] - 1, min(config.eval_windows, windows.shape[0])).round().long()
-    probe = windows[spread.to(device), :-1]
+    probe = spread_windows(windows, config.eval_windows)[:, :-1]
 
     def probe_kl() -> float:
         with torch.no_grad():
