@@ -143,6 +143,39 @@ def test_convert_fits_with_the_model_in_the_loop_for_the_default_preset(tmp_path
     assert kl(full) <= 1.02 * kl(encoded)
 
 
+class _BosTokenizer:
+    """A tokenizer that puts BOS in front of a text, as Gemma's does."""
+
+    bos_token_id = 8000
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = list(self.inner(text, add_special_tokens=False)["input_ids"])
+        return {"input_ids": [self.bos_token_id] + ids if add_special_tokens else ids}
+
+
+def test_bos_gets_a_correction_row_when_the_tokenizer_adds_it(tmp_path):
+    """A BOS the tokenizer adds is read at the start of every sequence (an attention sink): it
+    is fitted exactly, though no calibration text contains it."""
+    from carvq_gguf.hf.fit import fit_with_model
+    from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
+    from tiny_sources import make_tiny_hf
+
+    src = make_tiny_hf(tmp_path / "hf", tied=True, vocab_size=8192)
+    model, tokenizer = load_causal_lm(src)
+    matrix = input_embedding_matrix(model)
+    text = "Return the number of items in a container. Open file and return a file object. " * 40
+    plain = fit_with_model(model, tokenizer, matrix, "carvq-1.6", text, tune_steps=0, rounds=0, progress=False)
+    led = fit_with_model(model, _BosTokenizer(tokenizer), matrix, "carvq-1.6", text, tune_steps=0, rounds=0,
+                         progress=False)
+    assert 8000 not in plain.state.correction_ids.tolist()
+    assert 8000 in led.state.correction_ids.tolist()
+    decoded = CarvqEmbedding(led.state)(torch.tensor([8000]))[0]
+    assert torch.allclose(decoded, matrix[8000], atol=1e-2 * float(matrix[8000].abs().max()))
+
+
 def test_model_aware_preset_needs_a_tokenizer(tmp_path):
     from carvq_gguf.convert.pipeline import ConvertOptions, make_state
     from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm

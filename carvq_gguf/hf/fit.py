@@ -105,10 +105,13 @@ def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: st
             weights = fisher_token_weights(model, ids)
     else:
         weights = token_weights(ids.tolist(), V) if train.weighted else None
+    bos = bos_id(tokenizer)
+    if weights is not None and bos is not None:  # read at the start of every sequence, whatever the text
+        weights = weights.clone()
+        weights[bos] = weights.max()
     metric = None
     rounds = metric_rounds(preset, rounds)
     config = TuneConfig(steps=tuning_steps(preset, tune_steps))
-    bos = bos_id(tokenizer)
     if rounds:
         windows = spread_windows(calibration_windows(ids, config.window, bos), FISHER_WINDOWS)[:, :-1]
         with torch.enable_grad():
