@@ -126,9 +126,10 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
         f"`{st['calib_text_name']}`, seed {st['seed']}); "
         "the note of each row gives what the preset is made of; `rvq-*` are the same RVQ without adaptor "
         "and without correction rows. Every preset but the paper's refines its greedy RVQ (all levels' "
-        "codebooks solved jointly by least squares, alternated with beam-search encoding), and carvq-1.2, "
-        "-1.6, -2.0 and -2.4 then tune their codebooks and correction rows, codes fixed, to minimise the "
-        "model's KL on the calibration text (docs/EXPERIMENTS.md).",
+        "codebooks solved jointly by least squares, alternated with beam-search encoding). Where the note "
+        "says so, the model then takes part: the codes are re-encoded under its Fisher with respect to an "
+        "embedding row (group by group, with GPTQ-style error feedback), and the codebooks and correction "
+        "rows are tuned, codes fixed, to minimise its KL on the calibration text (docs/EXPERIMENTS.md).",
         "",
         f"![embedding bpw against dPPL]({png_name})",
         "",
