@@ -4,8 +4,10 @@ models suffer" section of docs/EXPERIMENTS.md.
 
 For each model: the KL(original || noisy) on a text when every row gets isotropic Gaussian noise
 of relative norm r (|noise_t| = r |e_t|), the share of the rows' energy held by their mean
-vector, and the spread of the centred spectrum (arithmetic over geometric mean of eigenvalues,
-the coding gain a decorrelating transform could bring).
+vector, the spread of the centred spectrum (arithmetic over geometric mean of eigenvalues,
+the coding gain a decorrelating transform could bring), and the same spread for the model's
+Fisher with respect to an embedding row (hf/importance.embedding_fisher: how unevenly the
+directions of an error cost), with the share of its trace in its 10 largest eigenvalues.
 Usage: python scripts/sensitivity.py MODEL.gguf [MODEL.gguf ...] [--text prose.txt] [--ratio 0.3]
 """
 
@@ -18,8 +20,18 @@ import torch
 
 from carvq_gguf.data import bundled_text
 from carvq_gguf.hf.fit import bos_id
+from carvq_gguf.hf.importance import embedding_fisher
 from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm, replace_input_matrix, untie_output_head
 from carvq_gguf.hf.perplexity import eval_windows, kl_divergence, tokenize_text, window_logprobs
+
+
+def spread_db(matrix_or_eigenvalues: torch.Tensor) -> float:
+    """Arithmetic over geometric mean of the eigenvalues, in dB (a symmetric matrix or its eigenvalues)."""
+    eig = matrix_or_eigenvalues
+    if eig.dim() == 2:
+        eig = torch.linalg.eigvalsh(eig)
+    eig = eig.double().clamp_min(1e-20)
+    return 10 * math.log10(float(eig.mean() / eig.log().mean().exp()))
 
 
 def main() -> None:
@@ -44,10 +56,12 @@ def main() -> None:
         reference = window_logprobs(model, windows)
         energy = matrix.pow(2).sum(1).mean()
         centred = matrix - matrix.mean(0)
-        eig = torch.linalg.eigvalsh(centred.T.double() @ centred.double() / V).clamp_min(1e-20)
-        gain_db = 10 * math.log10(float(eig.mean() / eig.log().mean().exp()))
+        with torch.enable_grad():
+            fisher = torch.linalg.eigvalsh(embedding_fisher(model, windows)).clamp_min(1e-20)
         print(f"{source}: V={V} n={n} mean-vector energy share {float(matrix.mean(0).pow(2).sum() / energy):.3f}, "
-              f"decorrelation gain {gain_db:.2f} dB", flush=True)
+              f"decorrelation gain {spread_db(centred.T.double() @ centred.double() / V):.2f} dB, "
+              f"Fisher spread {spread_db(fisher):.2f} dB (top-10 share {float(fisher[-10:].sum() / fisher.sum()):.3f})",
+              flush=True)
         g = torch.Generator().manual_seed(0)
         original = model.get_input_embeddings()
         for ratio in args.ratio:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import CarvqError
-from .rvq import beam_encode, from_groups, group_codes, group_weights, joint_codebooks
+from .rvq import beam_encode, decode, from_groups, group_codes, group_weights, joint_codebooks
 from .state import RvqConfig
 
 
@@ -92,13 +92,15 @@ def metric_refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Te
     weights = group_weights(row_weights, V, n, cfg)
     matrix = matrix.to(torch.float32)
 
-    def decode(labels: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
-        parts = sum(books[level, torch.arange(books.shape[1])[:, None], labels[..., level]]
-                    for level in range(labels.shape[-1]))  # [S, V, h]
-        return parts.transpose(0, 1).reshape(V, n)
+    def as_codes(labels: torch.Tensor) -> torch.Tensor:
+        return torch.stack([from_groups(labels[..., level], cfg, V, n) for level in range(labels.shape[-1])],
+                           dim=1).to(torch.uint8).contiguous()
+
+    def error(labels: torch.Tensor, books: torch.Tensor) -> float:
+        return metric_error(matrix, decode(as_codes(labels), books, cfg), H, row_weights)
 
     labels, books = group_codes(codes, cfg), codebooks.to(torch.float32)
-    best = metric_error(matrix, decode(labels, books), H, row_weights)
+    best = error(labels, books)
     targets = None
     for _ in range(rounds):
         new_books = books
@@ -106,9 +108,8 @@ def metric_refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Te
             grouped = targets.reshape(V, -1, cfg.subvector_dim).transpose(0, 1)
             new_books = joint_codebooks(grouped, weights, labels, books).to(torch.float16).to(torch.float32)
         new_labels, new_targets = sequential_encode(matrix, new_books, cfg, H, beam)
-        value = metric_error(matrix, decode(new_labels, new_books), H, row_weights)
+        value = error(new_labels, new_books)
         if value >= best:
             break
         labels, books, best, targets = new_labels, new_books, value, new_targets
-    out = torch.stack([from_groups(labels[..., level], cfg, V, n) for level in range(labels.shape[-1])], dim=1)
-    return out.to(torch.uint8).contiguous(), books.to(torch.float16).contiguous()
+    return as_codes(labels), books.to(torch.float16).contiguous()
