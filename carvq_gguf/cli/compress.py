@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from ..codec.presets import PRESET_NAMES
+from .fit_options import add_fit_arguments
 
 
 def register(subparsers) -> None:
@@ -32,13 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--calib-text", help="calibration text for importance weights (default: bundled calib.txt)")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tune-steps", type=int, default=None, metavar="N",
-                   help="steps of end-to-end tuning of the codec against the model's KL on --calib-text "
-                        "(default: the preset's; 0: none)")
-    p.add_argument("--metric-rounds", type=int, default=None, metavar="N",
-                   help="rounds of re-encoding the codes under the model's sensitivity to an embedding error "
-                        "(its Fisher on --calib-text) with GPTQ-style error feedback (default: the preset's; 0: none; "
-                        "with --tune-steps 0 too, the fit is to the matrix alone)")
+    add_fit_arguments(p)
     p.add_argument("--windows", type=int, default=8, help="evaluation windows (default 8)")
     p.add_argument("--window", type=int, default=512, help="tokens per window, second half scored (default 512)")
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")

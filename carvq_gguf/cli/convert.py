@@ -8,6 +8,7 @@ from pathlib import Path
 from ..awq.search import AwqConfig
 from ..codec.presets import PRESET_NAMES
 from ..units import megabytes
+from .fit_options import add_fit_arguments
 
 
 DEFAULT_PRESET = "carvq-1.6"
@@ -35,13 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-base", type=Path, default=None, metavar="FILE",
                    help="HF source only: keep the base GGUF from convert_hf_to_gguf.py at FILE")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tune-steps", type=int, default=None, metavar="N",
-                   help="steps of end-to-end tuning of the codec against the model's KL on --calib-text "
-                        "(default: the preset's; 0: none)")
-    p.add_argument("--metric-rounds", type=int, default=None, metavar="N",
-                   help="rounds of re-encoding the codes under the model's sensitivity to an embedding error "
-                        "(its Fisher on --calib-text) with GPTQ-style error feedback (default: the preset's; 0: none; "
-                        "with --tune-steps 0 too, the fit is to the matrix alone and needs no model)")
+    add_fit_arguments(p)
     p.add_argument("--quantize", default=None, metavar="TYPE",
                    help="quantize the transformer weights with llama.cpp's quantizer, e.g. Q4_K_M (needs the patched "
                         "runtime from `carvq-gguf build-runtime`); output.weight follows llama.cpp's choice "
