@@ -80,6 +80,10 @@ def test_metric_refine_refuses_bad_input():
     bad[0, 0] = float("nan")
     with pytest.raises(CarvqError, match="non-finite"):
         metric_refine(matrix, codes, books, CFG, bad)
+    with pytest.raises(CarvqError, match="positive diagonal"):
+        metric_refine(matrix, codes, books, CFG, torch.zeros(32, 32))
+    with pytest.raises(CarvqError, match="damping"):
+        metric_refine(matrix, codes, books, CFG, _metric(), damp=0.0)
     block = RvqConfig(subvector_dim=4, codebook_bits=4, levels=2, group_layout="block", group_size=64)
     with pytest.raises(CarvqError, match="column"):
         metric_refine(matrix, codes, books, block, _metric())

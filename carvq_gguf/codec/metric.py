@@ -32,13 +32,17 @@ def damped(metric: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def check_metric(metric: torch.Tensor, embedding_dim: int, cfg: RvqConfig) -> None:
-    """CarvqError unless metric is a finite [n, n] matrix and the layout is `column` (the
+    """CarvqError unless metric is a finite [n, n] matrix with a positive mean diagonal (so that
+    the damped metric is positive definite) and the layout is `column` (the
     sequential encoding needs every row's sub-vector s in the same codebook group s)."""
     n = embedding_dim
     if tuple(metric.shape) != (n, n):
         raise CarvqError(f"the error metric has shape {tuple(metric.shape)}, expected ({n}, {n})")
     if not bool(torch.isfinite(metric).all()):
         raise CarvqError("the error metric holds non-finite values")
+    if not float(metric.diagonal().mean()) > 0:
+        raise CarvqError("the error metric has no positive diagonal (did the model's loss have no gradient "
+                         "with respect to the embedding?)")
     if cfg.group_layout != "column":
         raise CarvqError(f"encoding under an error metric needs the column group layout, not {cfg.group_layout!r}")
 
@@ -88,6 +92,8 @@ def metric_refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Te
     stored dtypes."""
     V, n = matrix.shape
     check_metric(metric, n, cfg)
+    if not damp > 0:
+        raise CarvqError(f"the metric's damping must be > 0, got {damp}")
     H = damped(metric, damp)
     weights = group_weights(row_weights, V, n, cfg)
     matrix = matrix.to(torch.float32)
