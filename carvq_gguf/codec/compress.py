@@ -3,7 +3,8 @@
 Order of work: pick the correction tokens (most important rows) -> RVQ with importance-weighted
 k-means (correction tokens weigh only the floor there, they get fixed anyway), refined by joint
 least-squares codebooks and beam-search encoding -> (with the model's error metric) codes
-re-encoded under it, group by group -> adaptor on the RVQ residual -> correction rows = what RVQ + adaptor still miss on those tokens, in F16.
+re-encoded under it, group by group -> adaptor on the RVQ residual -> correction rows = what
+RVQ + adaptor still miss on those tokens, in F16.
 """
 
 from __future__ import annotations

@@ -75,8 +75,6 @@ class ConvertOptions:
         if self.codec is None:
             from ..codec.presets import get_preset
 
-            from ..hf.fit import metric_rounds
-
             get_preset(self.preset)  # an unknown name fails now, not after the base GGUF is made
         if self.quantize is not None:
             from .quantize import check_quantize_type
@@ -86,6 +84,8 @@ class ConvertOptions:
             if value is not None and value < 0:
                 raise CarvqError(f"{flag} must be >= 0, got {value}")
         if self.codec is None:
+            from ..hf.fit import metric_rounds
+
             metric_rounds(self.preset, self.metric_rounds)  # a layout that cannot take them
         if self.awq_with_carvq and self.awq is None:
             raise CarvqError("--awq-with-carvq changes how --awq calibrates; give --awq too")
