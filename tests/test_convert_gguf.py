@@ -159,6 +159,59 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gguf"]
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_temporaries_of_a_killed_conversion_are_removed_by_the_next(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the next write to the same directory removes what a process that
+    is gone left (its base-GGUF directory, its half-written output and unquantized file), and
+    nothing of a live process or of another name."""
+    import os
+
+    from carvq_gguf.atomic import remove_stale_temporaries
+    from carvq_gguf.convert.pipeline import BASE_PREFIX
+
+    dead = _dead_pid()
+    stale_dir = tmp_path / f"{BASE_PREFIX}{dead}-x1"
+    stale_dir.mkdir()
+    (stale_dir / "base.gguf").write_bytes(b"half")
+    live_dir = tmp_path / f"{BASE_PREFIX}{os.getpid()}-x2"
+    live_dir.mkdir()
+    stale_out = tmp_path / f".o.gguf.{dead}-abc.tmp"
+    stale_unquantized = tmp_path / f".o.gguf.{dead}-abc.tmp.unquantized"
+    other = tmp_path / f".p.gguf.{dead}-abc.tmp"
+    for path in (stale_out, stale_unquantized, other):
+        path.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path, BASE_PREFIX) == [stale_dir]
+    assert live_dir.is_dir()
+    with atomic_output(tmp_path / "o.gguf") as tmp:
+        assert tmp.name.startswith(f".o.gguf.{os.getpid()}-")
+        tmp.write_bytes(b"new")
+    assert not stale_out.exists() and not stale_unquantized.exists() and other.exists()
+
+
+def test_sigterm_removes_temporaries_as_ctrl_c_does(tmp_path: Path) -> None:
+    """A command stopped by SIGTERM (kill, timeout) exits 143 and its temporary directory is gone."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys, tempfile, time\n"
+              "from carvq_gguf.cli.main import exit_on_sigterm\n"
+              "with exit_on_sigterm():\n"
+              "    with tempfile.TemporaryDirectory(dir=sys.argv[1]) as d:\n"
+              "        open(os.path.join(d, 'half.gguf'), 'wb').write(b'half')\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        time.sleep(30)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, timeout=60)
+    assert run.returncode == 143, run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_split_gguf_is_rejected(tmp_path: Path) -> None:
     from gguf import GGUFWriter
 

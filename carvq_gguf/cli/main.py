@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from ..errors import CarvqError
 
@@ -30,11 +34,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (kill, timeout, a job scheduler) into SystemExit(143) while a command runs, so
+    temporary files and directories are removed as on Ctrl-C; Python's default exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with exit_on_sigterm():
+            return int(args.func(args) or 0)
     except CarvqError as e:
         print(f"carvq-gguf {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_output, same_file
+from ..atomic import atomic_output, owned_prefix, remove_stale_temporaries, same_file
 from ..awq.search import AwqConfig, quant_proxy
 from ..codec.state import CarvqState
 from ..errors import CarvqError
 from ..gguf import carvq_io, names
 from ..gguf.rewrite import output_head, parse_type, token_embedding, verify_carvq_model, write_carvq_model
 from .hf_source import hf_to_gguf
+
+BASE_PREFIX = ".carvq-base-"  # the temporary directory, next to the output, of an HF source's base GGUF
 
 
 @dataclass
@@ -199,7 +201,8 @@ def convert(source: Path, out: Path, options: ConvertOptions | None = None) -> C
     source, out = Path(source), Path(out)
     check_paths(source, out)
     options = (options or ConvertOptions()).check()
-    with tempfile.TemporaryDirectory(prefix=".carvq-base-", dir=out.parent) as tmp:
+    remove_stale_temporaries(out.parent, BASE_PREFIX)
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(BASE_PREFIX), dir=out.parent) as tmp:
         base = source if source.is_file() else hf_to_gguf(source, Path(tmp) / "base.gguf", options.base_type)
         scaled, awq_summary, state = base, None, None
         if options.awq is not None:

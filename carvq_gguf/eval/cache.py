@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import owned_prefix, remove_stale_temporaries
 from ..runtime import sdist
 from ..errors import CarvqError
 
@@ -77,16 +78,6 @@ def codec_code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class EvalCache:
     """Files and JSON results stored by key."""
 
@@ -97,10 +88,9 @@ class EvalCache:
 
     def remove_stale_temporaries(self) -> None:
         """Delete temporary files left by builders that were killed (their process is gone)."""
-        for tmp in self.root.glob("*/.tmp-*"):
-            pid = tmp.name.split("-")[1]
-            if pid.isdigit() and not _process_alive(int(pid)):
-                tmp.unlink(missing_ok=True)
+        for kind in self.root.iterdir():
+            if kind.is_dir():
+                remove_stale_temporaries(kind, ".tmp-")
 
     def path(self, kind: str, key: str, suffix: str) -> Path:
         """Where the entry kind/key lives (it may not exist yet)."""
@@ -112,7 +102,7 @@ class EvalCache:
         if final.exists():
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
+        tmp = final.with_name(owned_prefix(".tmp-") + final.name)
         try:
             build(tmp)
             os.replace(tmp, final)
