@@ -81,6 +81,22 @@ def test_tuning_is_deterministic_for_a_seed(tmp_path):
     assert not torch.equal(a.codebooks, c.codebooks)
 
 
+def test_tuning_is_skipped_when_every_calibration_token_is_corrected(tmp_path):
+    """Correction rows for every token the calibration text reads leave the KL nothing to learn
+    from (Gemma 3's carvq-2.0 read 0.0000 and spent 4 minutes for nothing): the model is not run."""
+    model = _tiny(tmp_path)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    few = torch.tensor([2, 4, 6]).repeat(300)  # 3 distinct tokens: carvq-1.6 gives 3 correction rows here
+    matrix, weights, state = _fit(model, few)
+    assert set(few.tolist()) <= set(state.correction_ids.tolist())
+    tuned, stats = tune_codec(model, state, matrix, few, weights, CONFIG, progress=False)
+    assert tuned is state and "correction row" in stats["skipped"] and not calls
+    mixed = torch.cat([torch.tensor([4001] * 3), few])  # one token without a row: the tuning runs
+    tune_codec(model, state, matrix, mixed, weights, TuneConfig(steps=1, window=64, anchor_rows=16), progress=False)
+    assert calls
+
+
 def test_calibration_windows_lead_with_bos():
     ids = torch.arange(10, 40)
     plain = calibration_windows(ids, 8)

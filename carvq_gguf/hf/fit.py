@@ -166,7 +166,9 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
     parts = [f"k-means and encoding {stats['fit_seconds']:.0f} s"]
     if "fisher_seconds" in stats:
         parts.insert(0, f"the model's Fisher {stats['fisher_seconds']:.0f} s")
-    if "tune_seconds" in stats:
+    if "skipped" in stats:
+        parts.append(f"end-to-end tuning skipped: {stats['skipped']}")
+    elif "tune_seconds" in stats:
         parts.append(f"end-to-end tuning {stats['tune_seconds']:.0f} s "
                      f"(calibration KL {stats['kl_start']:.4f} -> {stats['kl_end']:.4f})")
     print(f"[fit] {', '.join(parts)}", file=sys.stderr)

@@ -137,7 +137,9 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     under the model's tokenizer (windows start with bos when given); row_weights [V] weigh the
     reconstruction term (None: all 1). stats holds the mean KL on eval_windows calibration
     windows before and after (kl_start, kl_end); when tuning did not lower it, state comes back
-    unchanged (kept False). Deterministic for a seed on one machine.
+    unchanged (kept False). When every calibration token has a correction row the KL can only
+    measure F16 rounding and has nothing to teach the codebooks: the model is not run, state
+    comes back unchanged and stats is {"skipped": reason}. Deterministic for a seed on one machine.
     """
     V, n = state.vocab_size, state.embedding_dim
     if tuple(matrix.shape) != (V, n):
@@ -145,6 +147,8 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     windows = calibration_windows(token_ids, config.window, bos)
     if int(windows.max()) >= V:
         raise CarvqError(f"calibration token id {int(windows.max())} >= vocabulary size {V}")
+    if state.n_correction_rows and bool(torch.isin(windows[:, :-1], state.correction_ids.long()).all()):
+        return state, {"skipped": "every calibration token has a correction row"}
     device = next(model.parameters()).device
     matrix = matrix.detach().to(device, torch.float32)
     weights = torch.ones(V) if row_weights is None else row_weights.detach().to(torch.float32)
