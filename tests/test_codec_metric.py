@@ -66,8 +66,7 @@ def test_error_feedback_pays_beyond_the_per_group_metric():
     blockwise, _ = sequential_encode(matrix, books.float(), CFG, blocks)
 
     def error(labels):
-        c = torch.stack([rvq.from_groups(labels[..., level], CFG, *matrix.shape) for level in range(CFG.levels)], 1)
-        return metric_error(matrix, rvq.decode(c.to(torch.uint8), books, CFG), H)
+        return metric_error(matrix, rvq.decode(rvq.ungroup_codes(labels, CFG, *matrix.shape), books, CFG), H)
 
     assert error(sequential) < 0.9 * error(blockwise)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import CarvqError
-from .rvq import beam_encode, decode, from_groups, group_codes, group_weights, joint_codebooks
+from .rvq import beam_encode, decode, group_codes, group_weights, joint_codebooks, ungroup_codes
 from .state import RvqConfig
 
 
@@ -98,12 +98,8 @@ def metric_refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Te
     weights = group_weights(row_weights, V, n, cfg)
     matrix = matrix.to(torch.float32)
 
-    def as_codes(labels: torch.Tensor) -> torch.Tensor:
-        return torch.stack([from_groups(labels[..., level], cfg, V, n) for level in range(labels.shape[-1])],
-                           dim=1).to(torch.uint8).contiguous()
-
     def error(labels: torch.Tensor, books: torch.Tensor) -> float:
-        return metric_error(matrix, decode(as_codes(labels), books, cfg), H, row_weights)
+        return metric_error(matrix, decode(ungroup_codes(labels, cfg, V, n), books, cfg), H, row_weights)
 
     labels, books = group_codes(codes, cfg), codebooks.to(torch.float32)
     best = error(labels, books)
@@ -118,4 +114,4 @@ def metric_refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Te
         if value >= best:
             break
         labels, books, best, targets = new_labels, new_books, value, new_targets
-    return as_codes(labels), books.to(torch.float16).contiguous()
+    return ungroup_codes(labels, cfg, V, n), books.to(torch.float16).contiguous()

@@ -119,6 +119,12 @@ def group_codes(codes: torch.Tensor, cfg: RvqConfig) -> torch.Tensor:
     return torch.stack(per_level, dim=-1)
 
 
+def ungroup_codes(labels: torch.Tensor, cfg: RvqConfig, vocab_size: int, embedding_dim: int) -> torch.Tensor:
+    """Inverse of group_codes: codes uint8 [V, L, S] from labels [G, N, L] arranged like to_groups."""
+    return torch.stack([from_groups(labels[..., level], cfg, vocab_size, embedding_dim)
+                        for level in range(labels.shape[-1])], dim=1).to(torch.uint8).contiguous()
+
+
 def beam_encode(points: torch.Tensor, codebooks: torch.Tensor, beam: int = 4,
                 chunk: int = 16384) -> torch.Tensor:
     """Codes [G, N, L] (int64) of grouped points [G, N, h] under codebooks [L, G, K, h] (float32),
@@ -200,5 +206,4 @@ def refine(matrix: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, c
         if value >= best:
             break
         labels, books, best = new_labels, new_books, value
-    out_codes = torch.stack([from_groups(labels[..., level], cfg, V, n) for level in range(labels.shape[-1])], dim=1)
-    return out_codes.to(torch.uint8).contiguous(), books.to(torch.float16).contiguous()
+    return ungroup_codes(labels, cfg, V, n), books.to(torch.float16).contiguous()
