@@ -25,12 +25,9 @@ from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm, replace_
 from carvq_gguf.hf.perplexity import eval_windows, kl_divergence, tokenize_text, window_logprobs
 
 
-def spread_db(matrix_or_eigenvalues: torch.Tensor) -> float:
-    """Arithmetic over geometric mean of the eigenvalues, in dB (a symmetric matrix or its eigenvalues)."""
-    eig = matrix_or_eigenvalues
-    if eig.dim() == 2:
-        eig = torch.linalg.eigvalsh(eig)
-    eig = eig.double().clamp_min(1e-20)
+def spread_db(eigenvalues: torch.Tensor) -> float:
+    """Arithmetic over geometric mean of a symmetric matrix's eigenvalues, in dB."""
+    eig = eigenvalues.double().clamp_min(1e-20)
     return 10 * math.log10(float(eig.mean() / eig.log().mean().exp()))
 
 
@@ -55,11 +52,12 @@ def main() -> None:
             windows[:, 0] = bos
         reference = window_logprobs(model, windows)
         energy = matrix.pow(2).sum(1).mean()
-        centred = matrix - matrix.mean(0)
+        centred = (matrix - matrix.mean(0)).double()
+        data = torch.linalg.eigvalsh(centred.T @ centred / V)
         with torch.enable_grad():
             fisher = torch.linalg.eigvalsh(embedding_fisher(model, windows)).clamp_min(1e-20)
         print(f"{source}: V={V} n={n} mean-vector energy share {float(matrix.mean(0).pow(2).sum() / energy):.3f}, "
-              f"decorrelation gain {spread_db(centred.T.double() @ centred.double() / V):.2f} dB, "
+              f"decorrelation gain {spread_db(data):.2f} dB, "
               f"Fisher spread {spread_db(fisher):.2f} dB (top-10 share {float(fisher[-10:].sum() / fisher.sum()):.3f})",
               flush=True)
         g = torch.Generator().manual_seed(0)
