@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from carvq_gguf.codec.state import CarvqState
+from carvq_gguf.codec.state import CarvqState, TrellisConfig
 from carvq_gguf.codec import synthetic
 
 
 def make_random_state(vocab_size: int = 96, embedding_dim: int = 64, levels: int = 2,
                       group_layout: str = "column", table_dim: int = 8,
                       hidden_dims: tuple[int, ...] = (32, 48), n_corrections: int = 3,
-                      seed: int = 0) -> CarvqState:
+                      seed: int = 0, trellis: TrellisConfig | None = None) -> CarvqState:
     """A small random CarvqState (codec.synthetic.random_state with the tests' defaults)."""
-    return synthetic.random_state(vocab_size, embedding_dim, levels, group_layout, table_dim, hidden_dims, n_corrections, seed)
+    return synthetic.random_state(vocab_size, embedding_dim, levels, group_layout, table_dim, hidden_dims, n_corrections,
+                                  seed, trellis)
 
 
 @pytest.fixture

@@ -26,6 +26,18 @@ def test_save_load_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.carvq"]  # no temporary file left
 
 
+def test_save_load_round_trip_of_a_trellis_codec(tmp_path):
+    from carvq_gguf.codec.state import TrellisConfig
+
+    state = make_random_state(trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=3))
+    save_codec(state, tmp_path / "t.carvq")
+    back = load_codec(tmp_path / "t.carvq")
+    assert back.quantizer == "trellis" and back.trellis.config == state.trellis.config and back.codes is None
+    for part in ("streams", "tables", "columns"):
+        assert torch.equal(getattr(back.trellis, part), getattr(state.trellis, part))
+    assert torch.equal(CarvqEmbedding(back).decode_all(), CarvqEmbedding(state).decode_all())
+
+
 def test_compress_matrix_contract_and_determinism(monkeypatch):
     # a small budgeted preset for a toy shape: L=2 column RVQ + tiny adaptor + correction rows
     toy = Preset("toy-3.0", 3.0, RvqConfig(levels=2), AdaptorConfig(table_dim=2, hidden_dims=(16,)),

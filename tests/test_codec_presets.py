@@ -25,7 +25,7 @@ def test_unknown_preset_is_a_clear_error():
 def test_budgeted_presets_stay_under_their_bpw(name, n, V):
     preset = get_preset(name)
     r = preset.resolve(V, n)
-    value = bpw_from_config(V, n, r.rvq, r.adaptor, r.correction_rows)
+    value = bpw_from_config(V, n, r.rvq, r.adaptor, r.correction_rows, r.trellis)
     assert value <= preset.max_bpw
     assert value > preset.max_bpw - 0.01  # the budget is actually spent
 
@@ -41,3 +41,12 @@ def test_rvq_only_variant_has_no_adaptor():
     r = get_preset("rvq-1.6").resolve(49152, 576)
     assert not r.adaptor.enabled and r.correction_rows == 0
     assert r.rvq == get_preset("carvq-1.6").resolve(49152, 576).rvq
+
+
+def test_trellis_preset_keeps_its_tables_for_real_shapes_and_halves_them_for_small_ones():
+    preset = get_preset("tcq-1.6")
+    assert preset.resolve(49152, 576).trellis.groups == 8
+    assert preset.resolve(262144, 640).trellis.groups == 8
+    small = preset.resolve(20000, 64)  # 8 tables of 1024 x 2 F16 would not fit 1.6 bpw
+    assert small.trellis.groups == 2
+    assert bpw_from_config(20000, 64, small.rvq, small.adaptor, small.correction_rows, small.trellis) <= 1.6

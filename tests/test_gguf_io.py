@@ -12,7 +12,7 @@ from gguf import GGUFValueType, GGUFWriter
 from gguf.gguf_writer import GGUFValue
 
 from carvq_gguf.gguf import carvq_io
-from carvq_gguf.codec.state import CarvqState
+from carvq_gguf.codec.state import CarvqState, TrellisConfig
 from carvq_gguf.errors import CarvqError
 from conftest import make_random_state
 
@@ -40,13 +40,22 @@ def write_state(path: Path, state: CarvqState, set_keys: dict | None = None, dro
 
 def assert_states_identical(a: CarvqState, b: CarvqState) -> None:
     assert (a.vocab_size, a.embedding_dim, a.preset) == (b.vocab_size, b.embedding_dim, b.preset)
-    if a.rvq.group_layout == "column":  # group_size is meaningless there and stored as 0
+    if a.trellis is not None:  # a trellis file has no RVQ keys
+        pass
+    elif a.rvq.group_layout == "column":  # group_size is meaningless there and stored as 0
         assert dataclasses.replace(a.rvq, group_size=0) == dataclasses.replace(b.rvq, group_size=0)
     else:
         assert a.rvq == b.rvq
     assert a.adaptor == b.adaptor
-    assert torch.equal(a.codes, b.codes)
-    assert torch.equal(a.codebooks.view(torch.int16), b.codebooks.view(torch.int16))
+    if a.trellis is None:
+        assert b.trellis is None
+        assert torch.equal(a.codes, b.codes)
+        assert torch.equal(a.codebooks.view(torch.int16), b.codebooks.view(torch.int16))
+    else:
+        assert b.codes is None and b.codebooks is None and a.trellis.config == b.trellis.config
+        assert torch.equal(a.trellis.streams, b.trellis.streams)
+        for part in ("tables", "columns"):
+            assert torch.equal(getattr(a.trellis, part).view(torch.int16), getattr(b.trellis, part).view(torch.int16))
     if a.sigma0 is None:
         assert b.sigma0 is None
     else:
@@ -107,8 +116,8 @@ def _bad(tmp_path: Path, **tamper) -> str:
 
 
 def test_rejects_unknown_version(tmp_path: Path) -> None:
-    msg = _bad(tmp_path, set_keys={"carvq.version": (2, GGUFValueType.UINT32)})
-    assert "unsupported carvq.version 2" in msg
+    msg = _bad(tmp_path, set_keys={"carvq.version": (3, GGUFValueType.UINT32)})
+    assert "unsupported carvq.version 3" in msg
 
 
 def test_rejects_version_of_wrong_type(tmp_path: Path) -> None:
@@ -223,3 +232,99 @@ def test_reader_decode_is_bit_identical(tmp_path: Path, kwargs: dict) -> None:
     a = CarvqEmbedding(state).decode_all()
     b = CarvqEmbedding(back).decode_all()
     assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# trellis files (version 2)
+
+TRELLIS = TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=3)
+
+
+def trellis_state(**kwargs) -> CarvqState:
+    return make_random_state(trellis=kwargs.pop("trellis", TRELLIS), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"table_dim": 0, "n_corrections": 0},
+    {"trellis": TrellisConfig(state_bits=10, step_bits=3, step_dim=2, groups=8), "hidden_dims": ()},
+    {"trellis": TrellisConfig(state_bits=5, step_bits=4, step_dim=4, groups=1)},
+])
+def test_trellis_round_trip_is_identical_and_decodes_the_same(tmp_path: Path, kwargs: dict) -> None:
+    from carvq_gguf.codec.embedding import CarvqEmbedding
+
+    state = trellis_state(**kwargs)
+    back = carvq_io.load_carvq_state(write_state(tmp_path / "t.gguf", state))
+    assert_states_identical(state, back)
+    assert torch.equal(CarvqEmbedding(state).decode_all(), CarvqEmbedding(back).decode_all())
+
+
+def test_trellis_keys_and_tensor_layout_match_format(tmp_path: Path) -> None:
+    state = trellis_state()
+    reader = carvq_io.open_gguf(write_state(tmp_path / "t.gguf", state))
+    tensors = {t.name: t for t in reader.tensors}
+    V, n, T = 96, 64, 32
+    assert reader.get_field("carvq.version").contents() == 2
+    assert reader.get_field("carvq.quantizer").contents() == "trellis"
+    assert [reader.get_field(f"carvq.trellis.{k}").contents() for k in ("state_bits", "step_bits", "step_dim",
+                                                                        "groups")] == [6, 3, 2, 3]
+    for key in ("carvq.levels", "carvq.subvector_dim", "carvq.codebook_bits", "carvq.group_layout", "carvq.group_size"):
+        assert reader.get_field(key) is None
+    assert [int(d) for d in tensors["carvq_trellis_codes"].shape] == [T * 3 // 8, V]
+    assert [int(d) for d in tensors["carvq_trellis_tables"].shape] == [2, 64, 3]
+    assert [int(d) for d in tensors["carvq_trellis_columns"].shape] == [n, 2]
+    assert "carvq_codes" not in tensors and "carvq_codebooks" not in tensors
+    # the first step's 3 bits are the top bits of byte 0, and they are the low bits of its state
+    row = np.asarray(tensors["carvq_trellis_codes"].data[5]).view(np.uint8)
+    from carvq_gguf.codec import trellis
+
+    states = trellis.unpack_states(state.trellis.streams[5:6], T, TRELLIS)
+    assert int(row[0] >> 5) == int(states[0, 0])
+
+
+def test_a_version_1_file_is_still_written_for_rvq(tmp_path: Path) -> None:
+    reader = carvq_io.open_gguf(write_state(tmp_path / "s.gguf", make_random_state()))
+    assert reader.get_field("carvq.version").contents() == 1
+    assert reader.get_field("carvq.quantizer") is None
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ({"drop_keys": ("carvq.quantizer",)}, "missing metadata key carvq.quantizer"),
+    ({"set_keys": {"carvq.quantizer": ("lattice", GGUFValueType.STRING)}}, "carvq.quantizer is 'lattice'"),
+    ({"set_keys": {"carvq.version": (1, GGUFValueType.UINT32)}}, "carvq.quantizer is not a key of carvq.version 1"),
+    ({"set_keys": {"carvq.trellis.state_bits": (17, GGUFValueType.UINT32)}}, "state_bits must be 2..16"),
+    ({"set_keys": {"carvq.trellis.step_bits": (6, GGUFValueType.UINT32)}}, "below state_bits=6"),
+    ({"set_keys": {"carvq.trellis.step_bits": (0, GGUFValueType.UINT32)}}, "step_bits must be 1..8"),
+    ({"set_keys": {"carvq.trellis.step_dim": (3, GGUFValueType.UINT32)}}, "not divisible by the trellis step"),
+    ({"set_keys": {"carvq.trellis.groups": (33, GGUFValueType.UINT32)}}, "groups must be 1..32"),
+    ({"set_keys": {"carvq.trellis.groups": (0, GGUFValueType.UINT32)}}, "groups must be 1..32"),
+    ({"set_keys": {"carvq.trellis.groups": (4, GGUFValueType.UINT32)}},
+     "tensor carvq_trellis_tables has ne [2, 64, 3], expected [2, 64, 4]"),
+    ({"set_keys": {"carvq.trellis.state_bits": (7, GGUFValueType.UINT32)}},
+     "tensor carvq_trellis_tables has ne [2, 64, 3], expected [2, 128, 3]"),
+    ({"set_keys": {"carvq.trellis.step_bits": (4, GGUFValueType.UINT32)}},
+     "tensor carvq_trellis_codes has ne [12, 96], expected [16, 96]"),
+    ({"set_keys": {"carvq.levels": (3, GGUFValueType.UINT32)}}, "must not carry the RVQ keys ['carvq.levels']"),
+    ({"drop_tensors": ("carvq_trellis_columns",)}, "tensor carvq_trellis_columns missing"),
+    ({"replace_tensors": {"carvq_trellis_columns": np.zeros((2, 64), dtype=np.float32)}},
+     "tensor carvq_trellis_columns has type F32, expected F16"),
+])
+def test_trellis_file_rejections_name_the_problem(tmp_path: Path, tamper: dict, message: str) -> None:
+    assert message in _bad(tmp_path, state=trellis_state(), **tamper)
+
+
+def test_rvq_tensors_in_a_trellis_file_are_refused(tmp_path: Path) -> None:
+    rvq = make_random_state()
+    writer_state = trellis_state()
+    path = tmp_path / "mixed.gguf"
+    writer = GGUFWriter(path, "llama")
+    writer.add_uint32("llama.embedding_length", 64)
+    carvq_io.add_carvq_metadata(writer, writer_state)
+    for name, arr in carvq_io.carvq_tensors(writer_state) + carvq_io.carvq_tensors(rvq)[:1]:
+        writer.add_tensor(name, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CarvqError, match=r"unexpected CARVQ tensors \['carvq_codes'\]"):
+        carvq_io.load_carvq_state(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -67,6 +69,28 @@ def test_tuning_lowers_calibration_kl_against_the_matrix_only_fit(tmp_path):
     # the model is left as it was: requires_grad flags restored, weights untouched
     assert [p.requires_grad for p in model.parameters()] == flags
     assert torch.equal(model.get_input_embeddings().weight, matrix)
+
+
+def test_tuning_a_trellis_codec_lowers_calibration_kl(tmp_path, monkeypatch):
+    """The trellis tables, column scales and means and the correction rows move; the streams do not."""
+    from carvq_gguf.codec import presets
+    from carvq_gguf.codec.state import TrellisConfig
+
+    small = dataclasses.replace(presets.get_preset("tcq-1.6"), name="tcq-test",
+                                trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=2))
+    monkeypatch.setitem(presets.PRESETS, "tcq-test", small)
+    model = _tiny(tmp_path)
+    ids = _calib_ids()
+    matrix = model.get_input_embeddings().weight.detach().clone()
+    weights = token_weights(ids.tolist(), matrix.shape[0])
+    state = compress_matrix(matrix, "tcq-test", weights, seed=0, progress=False)
+    tuned, stats = tune_codec(model, state, matrix, ids, weights, CONFIG, progress=False)
+    before = _kl(model, CarvqEmbedding(state).decode_all(), ids)
+    after = _kl(model, CarvqEmbedding(tuned).decode_all(), ids)
+    assert after < 0.8 * before, (before, after)
+    assert torch.equal(tuned.trellis.streams, state.trellis.streams)
+    assert tuned.trellis.tables.dtype == torch.float16 and not torch.equal(tuned.trellis.tables, state.trellis.tables)
+    assert not torch.equal(tuned.trellis.columns, state.trellis.columns)
 
 
 def test_tuning_is_deterministic_for_a_seed(tmp_path):

@@ -3,23 +3,31 @@
 Stored sizes (docs/FORMAT.md): indices 4 bits each (packed two per byte whatever kappa is),
 codebooks F16, sigma0 F16, MLP weights F16, MLP biases and LayerNorm weights/biases F32,
 correction rows F16 per value plus an I32 token id per row. Metadata keys are not counted.
+A trellis codec's streams count as its codes (whole bytes per row) and its F16 tables plus the
+F16 column scale and mean as its codebooks.
 """
 
 from __future__ import annotations
 
-from .state import AdaptorConfig, CarvqState, RvqConfig
+from .state import AdaptorConfig, CarvqState, RvqConfig, TrellisConfig
 
 INDEX_BITS = 4
 
 
 def bits_from_config(vocab_size: int, embedding_dim: int, rvq: RvqConfig, adaptor: AdaptorConfig,
-                     n_corrections: int = 0) -> dict[str, int]:
-    """Stored bits per component of a codec with these settings (no tensors needed)."""
+                     n_corrections: int = 0, trellis: TrellisConfig | None = None) -> dict[str, int]:
+    """Stored bits per component of a codec with these settings (no tensors needed); with
+    trellis, the rows are trellis-coded and rvq is not used."""
     V, n = vocab_size, embedding_dim
-    S, K, L, h = rvq.n_subvectors(n), rvq.codebook_size, rvq.levels, rvq.subvector_dim
+    if trellis is None:
+        S, K, L, h = rvq.n_subvectors(n), rvq.codebook_size, rvq.levels, rvq.subvector_dim
+        codes, codebooks = V * L * S * INDEX_BITS, L * rvq.n_groups(V, n) * K * h * 16
+    else:
+        codes = V * trellis.stream_bytes(n) * 8
+        codebooks = (trellis.groups * trellis.table_size * trellis.step_dim + 2 * n) * 16
     bits = {
-        "codes": V * L * S * INDEX_BITS,
-        "codebooks": L * rvq.n_groups(V, n) * K * h * 16,
+        "codes": codes,
+        "codebooks": codebooks,
         "sigma0": 0,
         "mlp_weights": 0,
         "mlp_biases": 0,
@@ -45,7 +53,7 @@ def component_bits(state: CarvqState) -> dict[str, int]:
     """Exact stored bits per component of a (checked) codec state."""
     state.check()
     return bits_from_config(state.vocab_size, state.embedding_dim, state.rvq, state.adaptor,
-                            state.n_correction_rows)
+                            state.n_correction_rows, None if state.trellis is None else state.trellis.config)
 
 
 def bpw(state: CarvqState) -> float:
@@ -54,7 +62,7 @@ def bpw(state: CarvqState) -> float:
 
 
 def bpw_from_config(vocab_size: int, embedding_dim: int, rvq: RvqConfig, adaptor: AdaptorConfig,
-                    n_corrections: int = 0) -> float:
+                    n_corrections: int = 0, trellis: TrellisConfig | None = None) -> float:
     """bpw of a codec with these settings, without tensors."""
-    bits = bits_from_config(vocab_size, embedding_dim, rvq, adaptor, n_corrections)
+    bits = bits_from_config(vocab_size, embedding_dim, rvq, adaptor, n_corrections, trellis)
     return total_bits(bits) / (vocab_size * embedding_dim)

@@ -16,7 +16,7 @@ import torch
 
 from ..atomic import atomic_output
 from ..errors import CarvqError
-from .state import AdaptorConfig, CarvqState, RvqConfig
+from .state import AdaptorConfig, CarvqState, RvqConfig, TrellisCodes, TrellisConfig
 
 CODEC_FORMAT = "carvq-codec"
 CODEC_VERSION = 1
@@ -40,6 +40,9 @@ def save_codec(state: CarvqState, path: str | Path) -> None:
         "correction_ids": state.correction_ids,
         "correction_rows": state.correction_rows,
         "preset": state.preset,
+        "trellis": None if state.trellis is None else {
+            "config": asdict(state.trellis.config), "streams": state.trellis.streams,
+            "tables": state.trellis.tables, "columns": state.trellis.columns},
     }
     with atomic_output(Path(path)) as tmp:
         torch.save(payload, tmp)
@@ -61,13 +64,17 @@ def load_codec(path: str | Path) -> CarvqState:
     try:
         adaptor = dict(payload["adaptor"])
         adaptor["hidden_dims"] = tuple(adaptor["hidden_dims"])
+        coded = payload.get("trellis")
+        trellis = None if coded is None else TrellisCodes(
+            config=TrellisConfig(**coded["config"]), streams=coded["streams"], tables=coded["tables"],
+            columns=coded["columns"])
         state = CarvqState(
             vocab_size=int(payload["vocab_size"]), embedding_dim=int(payload["embedding_dim"]),
             rvq=RvqConfig(**payload["rvq"]), adaptor=AdaptorConfig(**adaptor),
             codes=payload["codes"], codebooks=payload["codebooks"], sigma0=payload["sigma0"],
             linears=[(w, b) for w, b in payload["linears"]], norms=[(w, b) for w, b in payload["norms"]],
             correction_ids=payload["correction_ids"], correction_rows=payload["correction_rows"],
-            preset=str(payload["preset"]))
+            preset=str(payload["preset"]), trellis=trellis)
     except (KeyError, TypeError, ValueError) as e:
         raise CarvqError(f"{str(path)!r} is a damaged codec file: {e}") from e
     state.check()

@@ -4,17 +4,19 @@ Order of work: pick the correction tokens (most important rows) -> RVQ with impo
 k-means (correction tokens weigh only the floor there, they get fixed anyway), refined by joint
 least-squares codebooks and beam-search encoding -> (with the model's error metric) codes
 re-encoded under it, group by group -> adaptor on the RVQ residual -> correction rows = what
-RVQ + adaptor still miss on those tokens, in F16.
+RVQ + adaptor still miss on those tokens, in F16. A trellis preset replaces the RVQ steps by
+the trellis fit (codec/trellis.py): tables fitted on a weighted sample of rows, every row
+encoded by a Viterbi search under the metric's diagonal.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import rvq
+from . import rvq, trellis
 from .adaptor import train_adaptor
 from .embedding import CarvqEmbedding
-from .metric import metric_refine
+from .metric import check_metric, damped, metric_refine
 from .presets import get_preset
 from ..errors import CarvqError
 from .state import CarvqState
@@ -38,6 +40,30 @@ def pick_correction_ids(importance: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.int32)
     order = torch.argsort(-importance.to(torch.float64), stable=True)
     return order[:count].sort().values.to(torch.int32)
+
+
+TRELLIS_FIT_ROWS = 8192  # rows the trellis tables are fitted on (docs/EXPERIMENTS.md)
+METRIC_DAMP = 0.1  # as metric_refine damps the Fisher
+
+
+def fit_sample(weights: torch.Tensor | None, vocab_size: int, count: int,
+               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows to fit tables on when the vocabulary is too large to use whole: (ids int64 sorted,
+    their weights). Every row weighing more than the least (the rows the calibration text
+    reads) is kept; the rest of the count is a uniform random sample of the other rows, whose
+    weights are scaled by how many rows each stands for, so the sample's weighted distortion
+    estimates the whole matrix's."""
+    if weights is None:
+        weights = torch.ones(vocab_size)
+    generator = torch.Generator().manual_seed(seed)
+    read = weights > weights.min()
+    kept, rest = read.nonzero()[:, 0], (~read).nonzero()[:, 0]
+    picked = rest[torch.randperm(rest.numel(), generator=generator)[:max(0, count - kept.numel())]]
+    ids = torch.cat([kept, picked]).sort().values
+    sample_weights = weights[ids].clone()
+    if picked.numel():
+        sample_weights[~read[ids]] *= rest.numel() / picked.numel()
+    return ids, sample_weights
 
 
 def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tensor | None = None,
@@ -72,18 +98,33 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
         fit_weights = weights.clone()
         fit_weights[corr_ids.long()] = weights.min()
 
-    codes, codebooks = rvq.encode(matrix, resolved.rvq, fit_weights, iters=train.kmeans_iters, seed=seed,
-                                  progress=progress)
-    if train.refine_rounds:
-        codes, codebooks = rvq.refine(matrix, codes, codebooks, resolved.rvq, fit_weights, rounds=train.refine_rounds)
     rounds = train.metric_rounds if metric_rounds is None else metric_rounds
-    if metric is not None and rounds > 0:
-        codes, codebooks = metric_refine(matrix, codes, codebooks, resolved.rvq, metric.detach().cpu(), fit_weights,
-                                         rounds=rounds)
-    state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor,
-                       codes=codes, codebooks=codebooks, preset=preset)
+    use_metric = metric is not None and rounds > 0
+    if resolved.trellis is not None:
+        col_weights = None
+        if use_metric:
+            check_metric(metric, n, resolved.rvq)
+            col_weights = damped(metric.detach().cpu(), METRIC_DAMP).diagonal().float()
+        ids, sample_weights = fit_sample(fit_weights, V, TRELLIS_FIT_ROWS, seed)
+        state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor, codes=None,
+                           codebooks=None, preset=preset,
+                           trellis=trellis.fit_trellis(matrix, resolved.trellis, ids, sample_weights, col_weights,
+                                                       seed=seed))
+    else:
+        codes, codebooks = rvq.encode(matrix, resolved.rvq, fit_weights, iters=train.kmeans_iters, seed=seed,
+                                      progress=progress)
+        if train.refine_rounds:
+            codes, codebooks = rvq.refine(matrix, codes, codebooks, resolved.rvq, fit_weights,
+                                          rounds=train.refine_rounds)
+        if use_metric:
+            codes, codebooks = metric_refine(matrix, codes, codebooks, resolved.rvq, metric.detach().cpu(),
+                                             fit_weights, rounds=rounds)
+        state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor,
+                           codes=codes, codebooks=codebooks, preset=preset)
     if resolved.adaptor.enabled:
-        residual = matrix - rvq.decode(codes, codebooks, resolved.rvq)
+        coded = (rvq.decode(state.codes, state.codebooks, resolved.rvq) if state.trellis is None
+                 else trellis.decode(state.trellis, torch.arange(V)))
+        residual = matrix - coded
         net = train_adaptor(residual, resolved.adaptor, epochs=train.epochs, batch_size=train.batch_size,
                             lr=train.lr, row_weights=fit_weights, seed=seed, progress=progress)
         state.sigma0, state.linears, state.norms = net.stored_tensors()
@@ -100,21 +141,23 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
 
 
 def rvq_only(state: CarvqState) -> CarvqState:
-    """The same codec with the adaptor and correction rows removed (the RVQ-alone ablation)."""
+    """The same codec with the adaptor and correction rows removed (the codes-alone ablation,
+    RVQ or trellis)."""
     from dataclasses import replace
 
     out = CarvqState(vocab_size=state.vocab_size, embedding_dim=state.embedding_dim, rvq=state.rvq,
                      adaptor=replace(state.adaptor, table_dim=0, hidden_dims=()), codes=state.codes,
-                     codebooks=state.codebooks, preset=state.preset + "/rvq-only")
+                     codebooks=state.codebooks, preset=state.preset + "/rvq-only", trellis=state.trellis)
     out.check()
     return out
 
 
 def without_corrections(state: CarvqState) -> CarvqState:
-    """The same codec with the correction rows removed (RVQ + adaptor only)."""
+    """The same codec with the correction rows removed (codes + adaptor only)."""
     out = CarvqState(vocab_size=state.vocab_size, embedding_dim=state.embedding_dim, rvq=state.rvq,
                      adaptor=state.adaptor, codes=state.codes, codebooks=state.codebooks, sigma0=state.sigma0,
-                     linears=state.linears, norms=state.norms, preset=state.preset + "/no-rows")
+                     linears=state.linears, norms=state.norms, preset=state.preset + "/no-rows",
+                     trellis=state.trellis)
     out.check()
     return out
 

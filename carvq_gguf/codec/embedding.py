@@ -1,7 +1,8 @@
 """CarvqEmbedding: the PyTorch reference of the lookup-and-correct op.
 
 The arithmetic mirrors docs/FORMAT.md "Decode", i.e. what llama.cpp computes: codebook values
-(F16) summed over levels in F32; sigma0 F16 read as F32; every linear layer rounds its F32
+(F16) summed over levels in F32 (trellis codes: table value times column scale plus column
+mean, in F32); sigma0 F16 read as F32; every linear layer rounds its F32
 input to F16, multiplies by the F16 weight with F32 accumulation and adds the F32 bias;
 LayerNorm in F32 (normalize, then * weight + bias); ReLU; then the F16 correction rows.
 """
@@ -13,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CarvqError
+from . import trellis
 from .rvq import decode
-from .state import CarvqState
+from .state import CarvqState, TrellisCodes
 
 
 class CarvqEmbedding(nn.Module):
@@ -32,8 +34,12 @@ class CarvqEmbedding(nn.Module):
         self.rvq_config = state.rvq
         self.adaptor_config = state.adaptor
         self.preset = state.preset
-        self.register_buffer("codes", state.codes.clone())
-        self.register_buffer("codebooks", state.codebooks.clone())
+        self.register_buffer("codes", None if state.codes is None else state.codes.clone())
+        self.register_buffer("codebooks", None if state.codebooks is None else state.codebooks.clone())
+        self.trellis_config = None if state.trellis is None else state.trellis.config
+        for part in ("streams", "tables", "columns"):
+            self.register_buffer(f"trellis_{part}",
+                                 None if state.trellis is None else getattr(state.trellis, part).clone())
         self.register_buffer("sigma0", None if state.sigma0 is None else state.sigma0.clone())
         self.n_linears, self.n_norms = len(state.linears), len(state.norms)
         for i, (w, b) in enumerate(state.linears):
@@ -77,7 +83,9 @@ class CarvqEmbedding(nn.Module):
         """The codec state this module decodes (tensors copied)."""
         state = CarvqState(
             vocab_size=self.vocab_size, embedding_dim=self.embedding_dim, rvq=self.rvq_config,
-            adaptor=self.adaptor_config, codes=self.codes.clone(), codebooks=self.codebooks.clone(),
+            adaptor=self.adaptor_config, codes=None if self.codes is None else self.codes.clone(),
+            codebooks=None if self.codebooks is None else self.codebooks.clone(),
+            trellis=self._trellis_codes(),
             sigma0=None if self.sigma0 is None else self.sigma0.clone(),
             linears=[(w.clone(), b.clone()) for w, b in zip(self.weights, self.biases)],
             norms=[(w.clone(), b.clone()) for w, b in zip(self.norm_weights, self.norm_biases)],
@@ -87,8 +95,17 @@ class CarvqEmbedding(nn.Module):
         state.check()
         return state
 
-    def rvq_part(self, ids: torch.Tensor) -> torch.Tensor:
-        """RVQ decode of flat ids [T] -> float32 [T, n]."""
+    def _trellis_codes(self) -> TrellisCodes | None:
+        if self.trellis_config is None:
+            return None
+        return TrellisCodes(config=self.trellis_config, streams=self.trellis_streams.clone(),
+                            tables=self.trellis_tables.clone(), columns=self.trellis_columns.clone())
+
+    def codes_part(self, ids: torch.Tensor) -> torch.Tensor:
+        """What the codes decode to (RVQ or trellis) for flat ids [T] -> float32 [T, n]."""
+        if self.trellis_config is not None:
+            return trellis.decode(TrellisCodes(self.trellis_config, self.trellis_streams, self.trellis_tables,
+                                               self.trellis_columns), ids)
         return decode(self.codes, self.codebooks, self.rvq_config, ids)
 
     def adaptor_part(self, ids: torch.Tensor) -> torch.Tensor:
@@ -123,7 +140,7 @@ class CarvqEmbedding(nn.Module):
         flat = token_ids.reshape(-1).long().cpu()
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.vocab_size):
             raise CarvqError(f"token id out of range [0, {self.vocab_size})")
-        out = self.rvq_part(flat) + self.adaptor_part(flat) + self.correction_part(flat)
+        out = self.codes_part(flat) + self.adaptor_part(flat) + self.correction_part(flat)
         return out.reshape(*token_ids.shape, self.embedding_dim).to(token_ids.device)
 
     @torch.no_grad()

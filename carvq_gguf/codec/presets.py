@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from .bits import bits_from_config, total_bits
 from ..errors import CarvqError
-from .state import AdaptorConfig, RvqConfig
+from .state import AdaptorConfig, RvqConfig, TrellisConfig
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class ResolvedPreset:
     adaptor: AdaptorConfig
     correction_rows: int
     train: TrainConfig
+    trellis: TrellisConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Preset:
 
     max_bpw None means no budget: correction_rows is then taken as given.
     max_correction_fraction caps the correction rows at this fraction of V.
+    trellis: code the rows with this bitshift trellis instead of rvq (codec/trellis.py); a
+    budgeted preset halves its tables until they fit a small matrix.
     """
 
     name: str
@@ -78,25 +81,36 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     correction_rows: int = 0
     max_correction_fraction: float = 0.25
+    trellis: TrellisConfig | None = None
 
     def resolve(self, vocab_size: int, embedding_dim: int) -> ResolvedPreset:
         """Concrete settings for a [vocab_size, embedding_dim] matrix."""
         V, n = vocab_size, embedding_dim
         if V < 1 or n < 1:
             raise CarvqError(f"cannot resolve preset {self.name!r} for a {V} x {n} matrix")
-        self.rvq.validate(n)
+        if self.trellis is None:
+            self.rvq.validate(n)
+        else:
+            self.trellis.validate(n)
         adaptor = self.adaptor
         if self.max_bpw is None:
-            return ResolvedPreset(self.name, self.rvq, adaptor, min(self.correction_rows, V), self.train)
+            return ResolvedPreset(self.name, self.rvq, adaptor, min(self.correction_rows, V), self.train, self.trellis)
         budget = int(self.max_bpw * V * n)
-        while adaptor.enabled and total_bits(bits_from_config(V, n, self.rvq, adaptor)) > budget:
+        trellis = self.trellis
+
+        def fixed_bits(adaptor: AdaptorConfig) -> int:
+            return total_bits(bits_from_config(V, n, self.rvq, adaptor, trellis=trellis))
+
+        while adaptor.enabled and fixed_bits(adaptor) > budget:
             narrower = adaptor.table_dim - 1
             adaptor = replace(adaptor, table_dim=narrower, hidden_dims=adaptor.hidden_dims if narrower else ())
-        spare = budget - total_bits(bits_from_config(V, n, self.rvq, adaptor))
+        while trellis is not None and trellis.groups > 1 and fixed_bits(adaptor) > budget:
+            trellis = replace(trellis, groups=trellis.groups // 2)  # small matrices: fewer tables
+        spare = budget - fixed_bits(adaptor)
         if spare < 0:
             raise CarvqError(f"preset {self.name!r} cannot fit {self.max_bpw} bpw for a {V} x {n} matrix")
         rows = min(spare // (16 * n + 32), int(self.max_correction_fraction * V))
-        return ResolvedPreset(self.name, self.rvq, adaptor, int(rows), self.train)
+        return ResolvedPreset(self.name, self.rvq, adaptor, int(rows), self.train, trellis)
 
 
 def _column(levels: int) -> RvqConfig:
@@ -119,6 +133,8 @@ _PRESETS = [
     Preset("carvq-1.6", 1.6, _column(3), _NO_ADAPTOR, _TUNED),
     Preset("carvq-2.0", 2.0, _column(3), _NO_ADAPTOR, _TUNED),
     Preset("carvq-2.4", 2.4, _column(4), _NO_ADAPTOR, _TUNED),
+    # Trellis-coded rows (codec/trellis.py) at the bits of carvq-1.6's three RVQ levels.
+    Preset("tcq-1.6", 1.6, _column(3), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig()),
     Preset("carvq-1.6-adaptor", 1.6, _column(3), _SMALL_ADAPTOR),
     # Model-aware importance (diagonal Fisher); measured worse than frequency on SmolLM2, kept to compare.
     Preset("carvq-1.6-fisher", 1.6, _column(3), _NO_ADAPTOR, TrainConfig(importance="fisher")),

@@ -16,7 +16,14 @@ K = 2**codebook_bits, G = number of codebook groups, see RvqConfig.n_groups):
     correction_ids   int32   [R]     sorted, unique token ids that carry a correction row
     correction_rows  float16 [R, n]  added to those tokens' RVQ + adaptor output
 
-embedding(t) = rvq_decode(t) + adaptor(t) + (correction_rows[j] if correction_ids[j] == t).
+A trellis codec (docs/FORMAT.md "Trellis codes") holds a TrellisCodes in place of codes and
+codebooks (T = n / d steps, B = TrellisConfig.stream_bytes(n), G tables of 2^L entries):
+    streams    uint8   [V, B]        each row's bit stream, k bits per step
+    tables     float16 [G, 2^L, d]   the trellis tables, one per run of consecutive steps
+    columns    float16 [2, n]        per-column scale (row 0) and mean (row 1)
+
+embedding(t) = rvq_decode(t) (or trellis_decode(t)) + adaptor(t)
+               + (correction_rows[j] if correction_ids[j] == t).
 The correction rows spend extra bits on the few tokens that carry most of the text (frequent
 tokens are the outliers that RVQ fits worst; docs/EXPERIMENTS.md).
 """
@@ -94,6 +101,68 @@ class RvqConfig:
 
 
 @dataclass(frozen=True)
+class TrellisConfig:
+    """Bitshift trellis settings: state_bits L (a table has 2^L entries), step_bits k (bits a step
+    adds to the stream), step_dim d (values a step decodes), groups G (tables, each serving a run
+    of consecutive steps). k = 3, d = 2 spends 1.5 bits per value."""
+
+    state_bits: int = 10
+    step_bits: int = 3
+    step_dim: int = 2
+    groups: int = 8
+
+    @property
+    def table_size(self) -> int:
+        """2^L, the entries of one table."""
+        return 1 << self.state_bits
+
+    def n_steps(self, embedding_dim: int) -> int:
+        """T, the steps per row."""
+        return embedding_dim // self.step_dim
+
+    def stream_bytes(self, embedding_dim: int) -> int:
+        """B, the bytes of one row's stream (T * k bits, rounded up)."""
+        return (self.n_steps(embedding_dim) * self.step_bits + 7) // 8
+
+    def group_index(self, embedding_dim: int) -> torch.Tensor:
+        """The table of every step, int64 [T]: step t uses table t * G // T."""
+        steps = self.n_steps(embedding_dim)
+        return torch.arange(steps) * self.groups // steps
+
+    def validate(self, embedding_dim: int) -> None:
+        """Raise CarvqError if these settings cannot encode rows of width embedding_dim."""
+        if not 2 <= self.state_bits <= 16:
+            raise CarvqError(f"trellis state_bits must be 2..16, got {self.state_bits}")
+        if not 1 <= self.step_bits <= 8 or self.step_bits >= self.state_bits:
+            raise CarvqError(f"trellis step_bits must be 1..8 and below state_bits={self.state_bits}, "
+                             f"got {self.step_bits}")
+        if self.step_dim < 1 or embedding_dim % self.step_dim:
+            raise CarvqError(f"embedding width n={embedding_dim} is not divisible by the trellis step of "
+                             f"{self.step_dim} values")
+        if not 1 <= self.groups <= self.n_steps(embedding_dim):
+            raise CarvqError(f"trellis groups must be 1..{self.n_steps(embedding_dim)} (the steps per row), "
+                             f"got {self.groups}")
+
+
+@dataclass
+class TrellisCodes:
+    """A matrix coded by a bitshift trellis (codec/trellis.py): the streams, tables and columns."""
+
+    config: TrellisConfig
+    streams: torch.Tensor
+    tables: torch.Tensor
+    columns: torch.Tensor
+
+    def check(self, vocab_size: int, embedding_dim: int) -> None:
+        """Raise CarvqError if a tensor disagrees with the configuration."""
+        c = self.config
+        c.validate(embedding_dim)
+        _expect(self.streams, "trellis streams", (vocab_size, c.stream_bytes(embedding_dim)), torch.uint8)
+        _expect(self.tables, "trellis tables", (c.groups, c.table_size, c.step_dim), torch.float16)
+        _expect(self.columns, "trellis columns", (2, embedding_dim), torch.float16)
+
+
+@dataclass(frozen=True)
 class AdaptorConfig:
     """Corrective Adaptor settings: sigma0 table of width table_dim, then an MLP
     table_dim -> hidden_dims... -> n. Each hidden layer is Linear -> LayerNorm -> ReLU; the
@@ -115,20 +184,27 @@ class AdaptorConfig:
 
 @dataclass
 class CarvqState:
-    """A compressed token-embedding matrix: RVQ codes and codebooks plus the adaptor."""
+    """A compressed token-embedding matrix: RVQ codes and codebooks (or trellis codes, with
+    codes and codebooks None) plus the adaptor and the correction rows."""
 
     vocab_size: int
     embedding_dim: int
     rvq: RvqConfig
     adaptor: AdaptorConfig
-    codes: torch.Tensor
-    codebooks: torch.Tensor
+    codes: torch.Tensor | None
+    codebooks: torch.Tensor | None
     sigma0: torch.Tensor | None = None
     linears: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     norms: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     correction_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int32))
     correction_rows: torch.Tensor | None = None
     preset: str = ""
+    trellis: TrellisCodes | None = None
+
+    @property
+    def quantizer(self) -> str:
+        """"rvq" or "trellis": what codes the rows (docs/FORMAT.md carvq.quantizer)."""
+        return "rvq" if self.trellis is None else "trellis"
 
     @property
     def n_correction_rows(self) -> int:
@@ -137,13 +213,13 @@ class CarvqState:
 
     def check(self) -> None:
         """Raise CarvqError if any tensor disagrees with the configuration."""
-        V, n, r = self.vocab_size, self.embedding_dim, self.rvq
-        r.validate(n)
-        S, K, L = r.n_subvectors(n), r.codebook_size, r.levels
-        _expect(self.codes, "codes", (V, L, S), torch.uint8)
-        if self.codes.numel() and int(self.codes.max()) >= K:
-            raise CarvqError(f"codes hold index {int(self.codes.max())} >= K={K}")
-        _expect(self.codebooks, "codebooks", (L, r.n_groups(V, n), K, r.subvector_dim), torch.float16)
+        V, n = self.vocab_size, self.embedding_dim
+        if self.trellis is not None:
+            if self.codes is not None or self.codebooks is not None:
+                raise CarvqError("a trellis codec holds no RVQ codes or codebooks")
+            self.trellis.check(V, n)
+        else:
+            self._check_rvq()
         self._check_corrections()
         if not self.adaptor.enabled:
             if self.sigma0 is not None or self.linears or self.norms:
@@ -163,6 +239,17 @@ class CarvqState:
         for i, (w, b) in enumerate(self.norms):
             _expect(w, f"norm {i} weight", (layer_dims[i][1],), torch.float32)
             _expect(b, f"norm {i} bias", (layer_dims[i][1],), torch.float32)
+
+    def _check_rvq(self) -> None:
+        V, n, r = self.vocab_size, self.embedding_dim, self.rvq
+        r.validate(n)
+        S, K, L = r.n_subvectors(n), r.codebook_size, r.levels
+        if self.codes is None or self.codebooks is None:
+            raise CarvqError("an RVQ codec needs codes and codebooks")
+        _expect(self.codes, "codes", (V, L, S), torch.uint8)
+        if self.codes.numel() and int(self.codes.max()) >= K:
+            raise CarvqError(f"codes hold index {int(self.codes.max())} >= K={K}")
+        _expect(self.codebooks, "codebooks", (L, r.n_groups(V, n), K, r.subvector_dim), torch.float16)
 
     def _check_corrections(self) -> None:
         R = self.n_correction_rows

@@ -5,24 +5,41 @@ from __future__ import annotations
 
 import torch
 
-from .state import AdaptorConfig, CarvqState, RvqConfig
+from .state import AdaptorConfig, CarvqState, RvqConfig, TrellisCodes, TrellisConfig
+
+
+def random_trellis(vocab_size: int, embedding_dim: int, config: TrellisConfig, generator: torch.Generator) -> TrellisCodes:
+    """Random trellis codes: any bytes are valid streams (the padding bits after them zero)."""
+    V, n, c = vocab_size, embedding_dim, config
+    streams = torch.randint(0, 256, (V, c.stream_bytes(n)), generator=generator, dtype=torch.uint8)
+    pad = c.stream_bytes(n) * 8 - c.n_steps(n) * c.step_bits
+    streams[:, -1] &= (0xFF << pad) & 0xFF
+    columns = torch.stack([0.5 + torch.rand(n, generator=generator), 0.1 * torch.randn(n, generator=generator)])
+    return TrellisCodes(config=c, streams=streams,
+                        tables=torch.randn(c.groups, c.table_size, c.step_dim, generator=generator).half(),
+                        columns=columns.half())
 
 
 def random_state(vocab_size: int = 96, embedding_dim: int = 64, levels: int = 2,
                       group_layout: str = "column", table_dim: int = 8,
                       hidden_dims: tuple[int, ...] = (32, 48), n_corrections: int = 3,
-                      seed: int = 0) -> CarvqState:
-    """A checked CarvqState of this shape with random tensors, the same for the same arguments."""
+                      seed: int = 0, trellis: TrellisConfig | None = None) -> CarvqState:
+    """A checked CarvqState of this shape with random tensors, the same for the same arguments;
+    with trellis, the rows are trellis-coded (levels and group_layout are then not used)."""
     gen = torch.Generator().manual_seed(seed)
     rvq = RvqConfig(subvector_dim=8, codebook_bits=4, levels=levels, group_layout=group_layout, group_size=40)
     adaptor = AdaptorConfig(table_dim=table_dim, hidden_dims=hidden_dims if table_dim else ())
     V, n = vocab_size, embedding_dim
     S, K, G = rvq.n_subvectors(n), rvq.codebook_size, rvq.n_groups(V, n)
-    state = CarvqState(
-        vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor,
-        codes=torch.randint(0, K, (V, levels, S), generator=gen, dtype=torch.uint8),
-        codebooks=(torch.randn(levels, G, K, rvq.subvector_dim, generator=gen) * 0.1).half(),
-        preset="test-random")
+    if trellis is None:
+        state = CarvqState(
+            vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor,
+            codes=torch.randint(0, K, (V, levels, S), generator=gen, dtype=torch.uint8),
+            codebooks=(torch.randn(levels, G, K, rvq.subvector_dim, generator=gen) * 0.1).half(),
+            preset="test-random")
+    else:
+        state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor, codes=None, codebooks=None,
+                           preset="test-random", trellis=random_trellis(V, n, trellis, gen))
     if table_dim:
         state.sigma0 = torch.randn(V, table_dim, generator=gen).half()
         for d_in, d_out in adaptor.layer_dims(n):

@@ -1,71 +1,40 @@
 """Bitshift trellis-coded quantization of rows (the trellis of QTIP, Tseng et al. 2024).
 
-A row of n values is cut into T = n / d steps of d values. Its code is one bit stream: the
-first step's state is sent whole (L bits), every later step adds k bits, and the state of step
-t is the L-bit window of the stream that starts at bit k * t (most significant bit first), so
-state_t = ((state_{t-1} << k) | new bits) mod 2^L. Step t decodes as table[state_t], a table of
-2^L x d values shared by all rows. At k = 3, d = 2 that is 1.5 bits per value, the rate of the
-4-bit RVQ codes over 8 values, and it comes much closer to the rate-distortion bound
-(docs/EXPERIMENTS.md). Encoding is a Viterbi search per row; decoding is one window read and
-one lookup per step.
+A row of n values is cut into T = n / d steps of d values. Its code is one bit stream of k bits
+per step; the trellis state after step t is the last L bits pushed (starting from state 0), and
+step t decodes as tables[group(t), state_t]: one shift, one k-bit read and one lookup per step
+(docs/FORMAT.md "Trellis codes"). At k = 3, d = 2 that is 1.5 bits per value, the rate of
+three 4-bit RVQ levels over 8 values, and it comes much closer to the rate-distortion bound
+(docs/EXPERIMENTS.md). Encoding is a Viterbi search per row.
 
-Everything here works on normalised values: the caller maps rows to them and back (per-column
-mean and scale) and passes per-column weights that say what an error costs.
+The search works on normalised values: fit_trellis maps each column to zero mean and unit
+scale and back, and takes per-column weights that say what an error costs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..errors import CarvqError
+from .state import TrellisCodes, TrellisConfig
 
 
-@dataclass(frozen=True)
-class TrellisConfig:
-    """state_bits L, step_bits k (new bits per step), step_dim d (values per step)."""
-
-    state_bits: int = 10
-    step_bits: int = 3
-    step_dim: int = 2
-
-    def validate(self, embedding_dim: int) -> None:
-        """CarvqError unless the trellis fits rows of embedding_dim values."""
-        if not 0 < self.step_bits < self.state_bits <= 16:
-            raise CarvqError(f"a trellis needs 0 < step_bits < state_bits <= 16, got k = {self.step_bits}, "
-                             f"L = {self.state_bits}")
-        if self.step_dim < 1 or embedding_dim % self.step_dim:
-            raise CarvqError(f"the row width {embedding_dim} is not a multiple of the step of {self.step_dim} values")
-
-    def stream_bits(self, steps: int) -> int:
-        """Bits of one row's stream: the first state whole, then step_bits per later step."""
-        return self.state_bits + self.step_bits * (steps - 1)
-
-
-def viterbi(points: torch.Tensor, col_weights: torch.Tensor, table: torch.Tensor, cfg: TrellisConfig,
-            start: torch.Tensor | None = None) -> torch.Tensor:
-    """States int64 [R, T] of the path through the trellis that minimises, per row of points
-    [R, T, d], the sum over steps of col_weights [T, d] * (points - table[state])^2.
-    start [R]: a state each row's path must leave from before step 0 (None: step 0 is free)."""
-    R, T, d = points.shape
-    S = 1 << cfg.state_bits
+def viterbi(points: torch.Tensor, col_weights: torch.Tensor, step_tables: torch.Tensor,
+            cfg: TrellisConfig) -> torch.Tensor:
+    """States int64 [R, T] of the path from state 0 that minimises, per row of points [R, T, d],
+    the sum over steps of col_weights [T, d] * (points - step_tables[t, state])^2, where
+    step_tables [T, 2^L, d] is the table each step reads."""
+    R, T, _ = points.shape
+    S = cfg.table_size
     branches = 1 << cfg.step_bits
-    M = S >> cfg.step_bits  # states that share their low L - k bits with a successor's high bits
-    t2 = table.pow(2)
-    if start is None:
-        cost = torch.zeros(R, S)
-    else:
-        cost = torch.full((R, S), float("inf"))
-        cost[torch.arange(R), start] = 0.0
-    back = torch.zeros(T, R, M, dtype=torch.uint8)
+    M = S >> cfg.step_bits  # a state's predecessors share its high L - k bits as their low bits
+    cost = torch.full((R, S), float("inf"))
+    cost[:, 0] = 0.0
+    back = torch.empty(T, R, M, dtype=torch.uint8)
     for t in range(T):
-        x, w = points[:, t], col_weights[t]
-        step = (x.pow(2) * w).sum(1, keepdim=True) - 2 * (x * w) @ table.T + (t2 * w).sum(1)  # [R, S]
-        if t == 0 and start is None:
-            cost = step
-            continue
-        # predecessors of a state s are (s >> k) + j * M for j < 2^k
+        x, w, table = points[:, t], col_weights[t], step_tables[t]
+        step = (x.pow(2) * w).sum(1, keepdim=True) - 2 * (x * w) @ table.T + (table.pow(2) * w).sum(1)  # [R, S]
+        # predecessors of state s are (s >> k) + j * M for j < 2^k
         best, j = cost.view(R, branches, M).min(1)
         back[t] = j.to(torch.uint8)
         cost = best.repeat_interleave(branches, dim=1) + step
@@ -78,53 +47,92 @@ def viterbi(points: torch.Tensor, col_weights: torch.Tensor, table: torch.Tensor
     return states
 
 
-def encode(points: torch.Tensor, col_weights: torch.Tensor, table: torch.Tensor, cfg: TrellisConfig,
+def encode(points: torch.Tensor, col_weights: torch.Tensor, tables: torch.Tensor, cfg: TrellisConfig,
            chunk: int = 4096) -> torch.Tensor:
-    """viterbi over rows chunk at a time (its back pointers take T * chunk * 2^(L-k) bytes)."""
-    return torch.cat([viterbi(points[i:i + chunk], col_weights, table, cfg) for i in range(0, points.shape[0], chunk)])
+    """viterbi over rows, chunk at a time (its back pointers take T * chunk * 2^(L-k) bytes),
+    with tables [G, 2^L, d] spread over the steps by cfg.group_index."""
+    step_tables = tables[cfg.group_index(points.shape[1] * cfg.step_dim)]
+    return torch.cat([viterbi(points[i:i + chunk], col_weights, step_tables, cfg)
+                      for i in range(0, points.shape[0], chunk)])
 
 
-def fit_table(points: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor, cfg: TrellisConfig,
-              iters: int = 8, seed: int = 0) -> torch.Tensor:
-    """A table [2^L, d] (F16 values in float32) fitted by Lloyd rounds on the trellis: encode, then
-    each entry becomes the weighted mean of the steps that chose it (entries no step chose stay).
-    Starts from Gaussian noise, since points are normalised values."""
+def fit_tables(points: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor, cfg: TrellisConfig,
+               iters: int = 8, seed: int = 0) -> torch.Tensor:
+    """Tables [G, 2^L, d] (F16 values in float32) fitted by Lloyd rounds on the trellis: encode,
+    then each entry becomes the weighted mean of the steps that chose it (entries no step chose
+    stay). Starts from Gaussian noise, since points are normalised values."""
     R, T, d = points.shape
+    G, S = cfg.groups, cfg.table_size
     generator = torch.Generator().manual_seed(seed)
-    table = torch.randn(1 << cfg.state_bits, d, generator=generator).half().float()
+    tables = torch.randn(G, S, d, generator=generator).half().float()
     weight = row_weights.reshape(R, 1, 1) * col_weights.reshape(1, T, d)  # [R, T, d]
+    group = cfg.group_index(T * d)
     for _ in range(iters):
-        states = encode(points, col_weights, table, cfg).reshape(-1)
-        num = torch.zeros_like(table).index_add_(0, states, (weight * points).reshape(-1, d))
-        den = torch.zeros_like(table).index_add_(0, states, weight.reshape(-1, d))
-        table = torch.where(den > 0, num / den.clamp_min(1e-30), table).half().float()
-    return table
+        slots = (group * S + encode(points, col_weights, tables, cfg)).reshape(-1)
+        num = torch.zeros(G * S, d).index_add_(0, slots, (weight * points).reshape(-1, d))
+        den = torch.zeros(G * S, d).index_add_(0, slots, weight.expand_as(points).reshape(-1, d))
+        tables = torch.where(den > 0, num / den.clamp_min(1e-30), tables.reshape(G * S, d))
+        tables = tables.reshape(G, S, d).half().float()
+    return tables
 
 
 def pack_states(states: torch.Tensor, cfg: TrellisConfig) -> torch.Tensor:
-    """Bit streams uint8 [R, ceil(stream_bits / 8)] (most significant bit first) of trellis paths
-    states [R, T]. CarvqError if a path breaks the shift rule."""
+    """Bit streams uint8 [R, B] of trellis paths states [R, T] from state 0: step t's k new bits
+    (the low k bits of its state) at bit k * t, most significant bit first, then zero padding.
+    CarvqError if a path breaks the shift rule."""
     R, T = states.shape
-    k, L = cfg.step_bits, cfg.state_bits
-    mask = (1 << L) - 1
-    if T > 1 and bool((((states[:, :-1] << k) & mask) != ((states[:, 1:] >> k) << k)).any()):
-        raise CarvqError("the states are not a path of the bitshift trellis")
-    first = (states[:, :1] >> torch.arange(L - 1, -1, -1)) & 1  # [R, L]
-    later = (states[:, 1:, None] >> torch.arange(k - 1, -1, -1)) & 1  # [R, T - 1, k]
-    bits = torch.cat([first, later.reshape(R, -1)], dim=1).to(torch.uint8)
-    pad = -bits.shape[1] % 8
-    bits = torch.cat([bits, bits.new_zeros(R, pad)], dim=1).reshape(R, -1, 8)
+    k, mask = cfg.step_bits, cfg.table_size - 1
+    previous = torch.cat([torch.zeros(R, 1, dtype=states.dtype), states[:, :-1]], dim=1)
+    if bool((((previous << k) & mask) != ((states >> k) << k)).any()):
+        raise CarvqError("the states are not a path of the bitshift trellis from state 0")
+    bits = ((states[:, :, None] >> torch.arange(k - 1, -1, -1)) & 1).reshape(R, -1).to(torch.uint8)
+    bits = torch.cat([bits, bits.new_zeros(R, -bits.shape[1] % 8)], dim=1).reshape(R, -1, 8)
     return (bits << torch.arange(7, -1, -1, dtype=torch.uint8)).sum(-1, dtype=torch.uint8)
 
 
-def unpack_states(stream: torch.Tensor, steps: int, cfg: TrellisConfig) -> torch.Tensor:
-    """States int64 [R, steps] read from bit streams uint8 [R, bytes]: step t's state is the
-    L-bit window at bit step_bits * t, as the decoder reads it."""
-    R = stream.shape[0]
-    if stream.shape[1] * 8 < cfg.stream_bits(steps):
-        raise CarvqError(f"a stream of {stream.shape[1]} bytes is too short for {steps} steps "
-                         f"({cfg.stream_bits(steps)} bits)")
-    bits = ((stream[..., None] >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1).reshape(R, -1).long()
-    offsets = torch.arange(steps)[:, None] * cfg.step_bits + torch.arange(cfg.state_bits)  # [T, L]
-    weights = 1 << torch.arange(cfg.state_bits - 1, -1, -1)
-    return (bits[:, offsets] * weights).sum(-1)
+def unpack_states(streams: torch.Tensor, steps: int, cfg: TrellisConfig) -> torch.Tensor:
+    """States int64 [R, steps] of bit streams uint8 [R, B], as the decoder walks them."""
+    R, k = streams.shape[0], cfg.step_bits
+    if streams.shape[1] * 8 < steps * k:
+        raise CarvqError(f"a stream of {streams.shape[1]} bytes is too short for {steps} steps of {k} bits")
+    bits = ((streams[..., None] >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1).reshape(R, -1).long()
+    new = (bits[:, :steps * k].reshape(R, steps, k) * (1 << torch.arange(k - 1, -1, -1))).sum(-1)  # [R, T]
+    # state_t = the last L bits pushed = sum over the last ceil(L / k) steps' bits, shifted
+    states = torch.zeros(R, steps, dtype=torch.int64)
+    for back in range(-(-cfg.state_bits // k)):
+        shifted = torch.zeros_like(new)
+        shifted[:, back:] = new[:, :steps - back]
+        states |= shifted << (k * back)
+    return states & (cfg.table_size - 1)
+
+
+def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
+    """Rows float32 [len(ids), n] of flat token ids, computed as the op does: table value times
+    the column's scale, plus its mean, in F32."""
+    cfg = codes.config
+    n = codes.columns.shape[1]
+    T = cfg.n_steps(n)
+    states = unpack_states(codes.streams[ids], T, cfg)
+    values = codes.tables.float()[cfg.group_index(n), states].reshape(ids.shape[0], n)
+    scale, mean = codes.columns.float()
+    return values * scale + mean
+
+
+def fit_trellis(matrix: torch.Tensor, cfg: TrellisConfig, sample_ids: torch.Tensor, sample_weights: torch.Tensor,
+                col_weights: torch.Tensor | None = None, seed: int = 0, iters: int = 8) -> TrellisCodes:
+    """Trellis codes for matrix [V, n]: per-column F16 mean and scale, tables fitted on the rows
+    sample_ids weighted by sample_weights under plain squared error, then every row encoded
+    under col_weights [n] (the cost of an error in each column, e.g. the diagonal of the model's
+    Fisher; None: plain squared error)."""
+    V, n = matrix.shape
+    cfg.validate(n)
+    T, d = cfg.n_steps(n), cfg.step_dim
+    mean = matrix.mean(0).half()
+    scale = (matrix - mean.float()).std(0).clamp_min(2.0 ** -14).half()  # F16 normals only
+    points = ((matrix - mean.float()) / scale.float()).reshape(V, T, d)
+    plain = scale.float().pow(2).reshape(T, d)
+    tables = fit_tables(points[sample_ids], sample_weights, plain, cfg, iters=iters, seed=seed)
+    weights = plain if col_weights is None else (col_weights.float() * scale.float().pow(2)).reshape(T, d)
+    states = encode(points, weights, tables, cfg)
+    return TrellisCodes(config=cfg, streams=pack_states(states, cfg), tables=tables.half(),
+                        columns=torch.stack([scale, mean]))

@@ -133,8 +133,9 @@ def compress_and_compare(options: CompressOptions) -> tuple[CarvqState, dict]:
 
     bits = component_bits(state)
     report.update(bpw_total=bpw(state), bits=bits, correction_rows=state.n_correction_rows,
-                  adaptor_table_dim=state.adaptor.table_dim, rvq_levels=state.rvq.levels,
-                  group_layout=state.rvq.group_layout)
+                  adaptor_table_dim=state.adaptor.table_dim, quantizer=state.quantizer,
+                  rvq_levels=state.rvq.levels if state.trellis is None else None,
+                  group_layout=state.rvq.group_layout if state.trellis is None else None)
     report["bpw_carvq"] = report["bpw_total"]
     report["bpw_original"] = float(torch.finfo(model.get_input_embeddings().weight.dtype).bits)
     plain = rvq_only(state)

@@ -127,17 +127,25 @@ def recipe(state, preset: str) -> str:
     from ..codec.presets import get_preset
 
     r, a = state.rvq, state.adaptor
-    layout = "codebooks per column" if r.group_layout == "column" else f"blocks of {r.group_size} sub-vectors"
     train = get_preset(preset).train
-    parts = [f"RVQ L={r.levels} K={r.codebook_size} h={r.subvector_dim}, {layout}",
-             "k-means weighted by calibration frequency" if train.weighted else "unweighted k-means",
+    if state.trellis is None:
+        layout = "codebooks per column" if r.group_layout == "column" else f"blocks of {r.group_size} sub-vectors"
+        codes = f"RVQ L={r.levels} K={r.codebook_size} h={r.subvector_dim}, {layout}"
+        fit = "k-means weighted by calibration frequency" if train.weighted else "unweighted k-means"
+    else:
+        c = state.trellis.config
+        codes = (f"trellis L={c.state_bits} k={c.step_bits} d={c.step_dim} "
+                 f"({c.step_bits / c.step_dim:g} bits per value), {c.groups} tables")
+        fit = "tables fitted weighted by calibration frequency" if train.weighted else "unweighted tables"
+    parts = [codes, fit,
              f"adaptor {a.table_dim}->{'->'.join(str(d) for d in a.hidden_dims)}->{state.embedding_dim}"
              if a.enabled else "no adaptor",
              f"{state.n_correction_rows} correction rows"]
-    if train.refine_rounds:
+    if train.refine_rounds and state.trellis is None:
         parts.insert(2, "refined by joint least squares + beam search")
     if train.metric_rounds:
-        parts.insert(3, f"codes re-encoded {train.metric_rounds} rounds under the model's Fisher")
+        parts.insert(3, "paths searched under the diagonal of the model's Fisher" if state.trellis is not None
+                     else f"codes re-encoded {train.metric_rounds} rounds under the model's Fisher")
     if train.tune_steps:
         parts.append(f"tuned {train.tune_steps} steps on the model's KL")
     return ", ".join(parts)

@@ -17,13 +17,15 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
 from ..codec.packing import pack_codes, unpack_codes
-from ..codec.state import GROUP_LAYOUTS, AdaptorConfig, CarvqState, RvqConfig
+from ..codec.state import GROUP_LAYOUTS, AdaptorConfig, CarvqState, RvqConfig, TrellisCodes, TrellisConfig
 from ..errors import CarvqError
 from .names import (ACTIVATIONS, FORMAT_VERSION, KEY_ACTIVATION, KEY_CODEBOOK_BITS,
                     KEY_CORRECTION_ROWS, KEY_EMBEDDING_LENGTH, KEY_GROUP_LAYOUT, KEY_GROUP_SIZE,
-                    KEY_HIDDEN_DIMS, KEY_LEVELS, KEY_NORM_EPS, KEY_PRESET, KEY_SUBVECTOR_DIM,
-                    KEY_TABLE_DIM, KEY_VERSION, KEY_VOCAB_SIZE, TENSOR_CODEBOOKS, TENSOR_CODES,
-                    TENSOR_CORR_IDS, TENSOR_CORR_ROWS, TENSOR_PREFIX, TENSOR_SIGMA0, TOKEN_EMBD,
+                    KEY_HIDDEN_DIMS, KEY_LEVELS, KEY_NORM_EPS, KEY_PRESET, KEY_QUANTIZER, KEY_SUBVECTOR_DIM,
+                    KEY_TABLE_DIM, KEY_TRELLIS_GROUPS, KEY_TRELLIS_STATE_BITS, KEY_TRELLIS_STEP_BITS,
+                    KEY_TRELLIS_STEP_DIM, KEY_VERSION, KEY_VOCAB_SIZE, QUANTIZERS, TENSOR_CODEBOOKS, TENSOR_CODES,
+                    TENSOR_CORR_IDS, TENSOR_CORR_ROWS, TENSOR_PREFIX, TENSOR_SIGMA0, TENSOR_TRELLIS_CODES,
+                    TENSOR_TRELLIS_COLUMNS, TENSOR_TRELLIS_TABLES, TOKEN_EMBD, TRELLIS_FORMAT_VERSION,
                     mlp_bias_name, mlp_weight_name, norm_bias_name, norm_weight_name)
 
 _F16 = GGMLQuantizationType.F16
@@ -42,10 +44,17 @@ def carvq_tensors(state: CarvqState) -> list[tuple[str, np.ndarray]]:
     int32 -> I32) and its numpy shape is the reverse of the ggml ne.
     """
     state.check()
-    out: list[tuple[str, np.ndarray]] = [
-        (TENSOR_CODES, pack_codes(state.codes).numpy().view(np.int8)),
-        (TENSOR_CODEBOOKS, state.codebooks.numpy()),
-    ]
+    if state.trellis is None:
+        out: list[tuple[str, np.ndarray]] = [
+            (TENSOR_CODES, pack_codes(state.codes).numpy().view(np.int8)),
+            (TENSOR_CODEBOOKS, state.codebooks.numpy()),
+        ]
+    else:
+        out = [
+            (TENSOR_TRELLIS_CODES, state.trellis.streams.numpy().view(np.int8)),
+            (TENSOR_TRELLIS_TABLES, state.trellis.tables.numpy()),
+            (TENSOR_TRELLIS_COLUMNS, state.trellis.columns.numpy()),
+        ]
     if state.adaptor.enabled:
         assert state.sigma0 is not None
         out.append((TENSOR_SIGMA0, state.sigma0.numpy()))
@@ -65,15 +74,23 @@ def carvq_tensors(state: CarvqState) -> list[tuple[str, np.ndarray]]:
 def add_carvq_metadata(writer: GGUFWriter, state: CarvqState) -> None:
     """Add every carvq.* key describing state to writer (in the order FORMAT.md lists them)."""
     state.check()
-    r, a = state.rvq, state.adaptor
-    writer.add_uint32(KEY_VERSION, FORMAT_VERSION)
+    r, a, t = state.rvq, state.adaptor, state.trellis
+    writer.add_uint32(KEY_VERSION, FORMAT_VERSION if t is None else TRELLIS_FORMAT_VERSION)
+    if t is not None:
+        writer.add_string(KEY_QUANTIZER, state.quantizer)
     writer.add_uint32(KEY_VOCAB_SIZE, state.vocab_size)
     writer.add_uint32(KEY_EMBEDDING_LENGTH, state.embedding_dim)
-    writer.add_uint32(KEY_SUBVECTOR_DIM, r.subvector_dim)
-    writer.add_uint32(KEY_CODEBOOK_BITS, r.codebook_bits)
-    writer.add_uint32(KEY_LEVELS, r.levels)
-    writer.add_string(KEY_GROUP_LAYOUT, r.group_layout)
-    writer.add_uint32(KEY_GROUP_SIZE, r.group_size if r.group_layout == "block" else 0)
+    if t is None:
+        writer.add_uint32(KEY_SUBVECTOR_DIM, r.subvector_dim)
+        writer.add_uint32(KEY_CODEBOOK_BITS, r.codebook_bits)
+        writer.add_uint32(KEY_LEVELS, r.levels)
+        writer.add_string(KEY_GROUP_LAYOUT, r.group_layout)
+        writer.add_uint32(KEY_GROUP_SIZE, r.group_size if r.group_layout == "block" else 0)
+    else:
+        writer.add_uint32(KEY_TRELLIS_STATE_BITS, t.config.state_bits)
+        writer.add_uint32(KEY_TRELLIS_STEP_BITS, t.config.step_bits)
+        writer.add_uint32(KEY_TRELLIS_STEP_DIM, t.config.step_dim)
+        writer.add_uint32(KEY_TRELLIS_GROUPS, t.config.groups)
     writer.add_uint32(KEY_TABLE_DIM, a.table_dim)
     if a.enabled:
         if a.hidden_dims:  # gguf cannot store an empty array: absent means no hidden layer
@@ -143,25 +160,27 @@ def read_format_version(reader: GGUFReader) -> int:
     if not is_carvq(reader):
         raise CarvqError(f"not a CARVQ-GGUF: metadata key {KEY_VERSION} missing")
     version = int(_scalar(reader, KEY_VERSION, GGUFValueType.UINT32))
-    if version != FORMAT_VERSION:
-        raise CarvqError(f"unsupported {KEY_VERSION} {version}: this reader knows version {FORMAT_VERSION} only")
+    if version not in (FORMAT_VERSION, TRELLIS_FORMAT_VERSION):
+        raise CarvqError(f"unsupported {KEY_VERSION} {version}: this reader knows versions {FORMAT_VERSION} and "
+                         f"{TRELLIS_FORMAT_VERSION}")
     return version
 
 
-def read_configs(reader: GGUFReader) -> tuple[int, int, RvqConfig, AdaptorConfig, int, str]:
-    """(V, n, RvqConfig, AdaptorConfig, R, preset) from the carvq.* keys, all checked."""
-    read_format_version(reader)
+def read_quantizer(reader: GGUFReader) -> str:
+    """carvq.quantizer of the file ("rvq" for version 1, which has no such key), checked."""
+    version = read_format_version(reader)
+    if version == FORMAT_VERSION:
+        if reader.get_field(KEY_QUANTIZER) is not None:
+            raise CarvqError(f"{KEY_QUANTIZER} is not a key of {KEY_VERSION} {FORMAT_VERSION}")
+        return "rvq"
+    quantizer = str(_scalar(reader, KEY_QUANTIZER, GGUFValueType.STRING))
+    if quantizer not in QUANTIZERS:
+        raise CarvqError(f"{KEY_QUANTIZER} is {quantizer!r}, expected one of {QUANTIZERS}")
+    return quantizer
+
+
+def _read_rvq(reader: GGUFReader, n: int) -> RvqConfig:
     u32 = GGUFValueType.UINT32
-    V = int(_scalar(reader, KEY_VOCAB_SIZE, u32))
-    n = int(_scalar(reader, KEY_EMBEDDING_LENGTH, u32))
-    if V < 1 or n < 1:
-        raise CarvqError(f"vocab size {V} and embedding length {n} must both be >= 1")
-    arch = reader.get_field("general.architecture")
-    if arch is not None:
-        arch_n = reader.get_field(f"{arch.contents()}.embedding_length")
-        if arch_n is not None and int(arch_n.contents()) != n:
-            raise CarvqError(f"{KEY_EMBEDDING_LENGTH} = {n} disagrees with "
-                             f"{arch.contents()}.embedding_length = {int(arch_n.contents())}")
     layout = str(_scalar(reader, KEY_GROUP_LAYOUT, GGUFValueType.STRING))
     if layout not in GROUP_LAYOUTS:
         raise CarvqError(f"{KEY_GROUP_LAYOUT} is {layout!r}, expected one of {GROUP_LAYOUTS}")
@@ -173,6 +192,40 @@ def read_configs(reader: GGUFReader) -> tuple[int, int, RvqConfig, AdaptorConfig
                     levels=int(_scalar(reader, KEY_LEVELS, u32)),
                     group_layout=layout, group_size=group_size)
     rvq.validate(n)
+    return rvq
+
+
+def _read_trellis(reader: GGUFReader, n: int) -> TrellisConfig:
+    u32 = GGUFValueType.UINT32
+    stray = [key for key in (KEY_SUBVECTOR_DIM, KEY_CODEBOOK_BITS, KEY_LEVELS, KEY_GROUP_LAYOUT, KEY_GROUP_SIZE)
+             if reader.get_field(key) is not None]
+    if stray:
+        raise CarvqError(f"a trellis file must not carry the RVQ keys {stray}")
+    cfg = TrellisConfig(state_bits=int(_scalar(reader, KEY_TRELLIS_STATE_BITS, u32)),
+                        step_bits=int(_scalar(reader, KEY_TRELLIS_STEP_BITS, u32)),
+                        step_dim=int(_scalar(reader, KEY_TRELLIS_STEP_DIM, u32)),
+                        groups=int(_scalar(reader, KEY_TRELLIS_GROUPS, u32)))
+    cfg.validate(n)
+    return cfg
+
+
+def read_configs(reader: GGUFReader) -> tuple[int, int, RvqConfig, AdaptorConfig, int, str, TrellisConfig | None]:
+    """(V, n, RvqConfig, AdaptorConfig, R, preset, TrellisConfig or None) from the carvq.* keys,
+    all checked (a trellis file has the default RvqConfig, which nothing reads)."""
+    quantizer = read_quantizer(reader)
+    u32 = GGUFValueType.UINT32
+    V = int(_scalar(reader, KEY_VOCAB_SIZE, u32))
+    n = int(_scalar(reader, KEY_EMBEDDING_LENGTH, u32))
+    if V < 1 or n < 1:
+        raise CarvqError(f"vocab size {V} and embedding length {n} must both be >= 1")
+    arch = reader.get_field("general.architecture")
+    if arch is not None:
+        arch_n = reader.get_field(f"{arch.contents()}.embedding_length")
+        if arch_n is not None and int(arch_n.contents()) != n:
+            raise CarvqError(f"{KEY_EMBEDDING_LENGTH} = {n} disagrees with "
+                             f"{arch.contents()}.embedding_length = {int(arch_n.contents())}")
+    trellis = _read_trellis(reader, n) if quantizer == "trellis" else None
+    rvq = RvqConfig() if trellis is not None else _read_rvq(reader, n)
     table_dim = int(_scalar(reader, KEY_TABLE_DIM, u32))
     if table_dim:
         hidden = _uint_array(reader, KEY_HIDDEN_DIMS) or ()
@@ -191,17 +244,25 @@ def read_configs(reader: GGUFReader) -> tuple[int, int, RvqConfig, AdaptorConfig
     if R > V:
         raise CarvqError(f"{KEY_CORRECTION_ROWS} = {R} exceeds the vocabulary size {V}")
     preset = _scalar(reader, KEY_PRESET, GGUFValueType.STRING, required=False) or ""
-    return V, n, rvq, adaptor, R, str(preset)
+    return V, n, rvq, adaptor, R, str(preset), trellis
 
 
-def expected_tensors(V: int, n: int, rvq: RvqConfig, adaptor: AdaptorConfig,
-                     R: int) -> dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]:
+def expected_tensors(V: int, n: int, rvq: RvqConfig, adaptor: AdaptorConfig, R: int,
+                     trellis: TrellisConfig | None = None) -> dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]:
     """Every carvq_* tensor the settings call for: name -> (ggml type, ne)."""
-    S, L = rvq.n_subvectors(n), rvq.levels
-    out: dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]] = {
-        TENSOR_CODES: (_I8, (L * S // 2, V)),
-        TENSOR_CODEBOOKS: (_F16, (rvq.subvector_dim, rvq.codebook_size, rvq.n_groups(V, n), L)),
-    }
+    out: dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]
+    if trellis is None:
+        S, L = rvq.n_subvectors(n), rvq.levels
+        out = {
+            TENSOR_CODES: (_I8, (L * S // 2, V)),
+            TENSOR_CODEBOOKS: (_F16, (rvq.subvector_dim, rvq.codebook_size, rvq.n_groups(V, n), L)),
+        }
+    else:
+        out = {
+            TENSOR_TRELLIS_CODES: (_I8, (trellis.stream_bytes(n), V)),
+            TENSOR_TRELLIS_TABLES: (_F16, (trellis.step_dim, trellis.table_size, trellis.groups)),
+            TENSOR_TRELLIS_COLUMNS: (_F16, (n, 2)),
+        }
     if adaptor.enabled:
         out[TENSOR_SIGMA0] = (_F16, (adaptor.table_dim, V))
         layer_dims = adaptor.layer_dims(n)
@@ -244,17 +305,24 @@ def _torch(reader_tensors: dict[str, Any], name: str) -> torch.Tensor:
 
 def read_carvq_state(reader: GGUFReader) -> CarvqState:
     """Read and fully validate the CarvqState stored in an open GGUF file."""
-    V, n, rvq, adaptor, R, preset = read_configs(reader)
-    _check_tensor_set(reader, expected_tensors(V, n, rvq, adaptor, R))
+    V, n, rvq, adaptor, R, preset, trellis = read_configs(reader)
+    _check_tensor_set(reader, expected_tensors(V, n, rvq, adaptor, R, trellis))
     tensors = {t.name: t for t in reader.tensors}
-    packed = _torch(tensors, TENSOR_CODES).view(torch.uint8)
-    codes = unpack_codes(packed, rvq.levels)
-    if codes.numel() and int(codes.max()) >= rvq.codebook_size:
-        row = int((codes >= rvq.codebook_size).flatten(1).any(1).nonzero()[0])
-        raise CarvqError(f"{TENSOR_CODES} holds index {int(codes.max())} >= K={rvq.codebook_size} "
-                         f"(first in row {row})")
-    state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor, codes=codes,
-                       codebooks=_torch(tensors, TENSOR_CODEBOOKS), preset=preset)
+    if trellis is None:
+        packed = _torch(tensors, TENSOR_CODES).view(torch.uint8)
+        codes = unpack_codes(packed, rvq.levels)
+        if codes.numel() and int(codes.max()) >= rvq.codebook_size:
+            row = int((codes >= rvq.codebook_size).flatten(1).any(1).nonzero()[0])
+            raise CarvqError(f"{TENSOR_CODES} holds index {int(codes.max())} >= K={rvq.codebook_size} "
+                             f"(first in row {row})")
+        state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor, codes=codes,
+                           codebooks=_torch(tensors, TENSOR_CODEBOOKS), preset=preset)
+    else:  # every bit pattern of a stream is a path: nothing to range-check
+        codes = TrellisCodes(config=trellis, streams=_torch(tensors, TENSOR_TRELLIS_CODES).view(torch.uint8),
+                             tables=_torch(tensors, TENSOR_TRELLIS_TABLES),
+                             columns=_torch(tensors, TENSOR_TRELLIS_COLUMNS))
+        state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor, codes=None, codebooks=None,
+                           preset=preset, trellis=codes)
     if adaptor.enabled:
         state.sigma0 = _torch(tensors, TENSOR_SIGMA0)
         n_layers = len(adaptor.layer_dims(n))

@@ -13,12 +13,18 @@ from . import carvq_io, names
 
 def _settings(state: Any) -> dict[str, Any]:
     r, a = state.rvq, state.adaptor
+    if state.trellis is None:
+        codes = {"subvector_dim": r.subvector_dim, "codebook_bits": r.codebook_bits, "codebook_size": r.codebook_size,
+                 "levels": r.levels, "group_layout": r.group_layout,
+                 "group_size": r.group_size if r.group_layout == "block" else 0,
+                 "codebooks_per_level": r.n_groups(state.vocab_size, state.embedding_dim)}
+    else:
+        c = state.trellis.config
+        codes = {"trellis_state_bits": c.state_bits, "trellis_step_bits": c.step_bits,
+                 "trellis_step_dim": c.step_dim, "trellis_groups": c.groups}
     return {
-        "vocab_size": state.vocab_size, "embedding_length": state.embedding_dim,
-        "subvector_dim": r.subvector_dim, "codebook_bits": r.codebook_bits, "codebook_size": r.codebook_size,
-        "levels": r.levels, "group_layout": r.group_layout,
-        "group_size": r.group_size if r.group_layout == "block" else 0,
-        "codebooks_per_level": r.n_groups(state.vocab_size, state.embedding_dim),
+        "vocab_size": state.vocab_size, "embedding_length": state.embedding_dim, "quantizer": state.quantizer,
+        **codes,
         "adaptor_table_dim": a.table_dim, "adaptor_hidden_dims": list(a.hidden_dims),
         "adaptor_activation": "relu" if a.enabled else None, "adaptor_norm_epsilon": a.norm_eps if a.enabled else None,
         "correction_rows": state.n_correction_rows, "preset": state.preset,
@@ -83,11 +89,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"carvq.version   {report['format_version']}")
     if "settings" in report:
         s = report["settings"]
-        layout = s["group_layout"] + (f" (g={s['group_size']})" if s["group_layout"] == "block" else "")
+        if s["quantizer"] == "rvq":
+            layout = s["group_layout"] + (f" (g={s['group_size']})" if s["group_layout"] == "block" else "")
+            codes = (f"RVQ             h={s['subvector_dim']} K={s['codebook_size']} (kappa={s['codebook_bits']}) "
+                     f"L={s['levels']} layout={layout}, {s['codebooks_per_level']} codebooks per level")
+        else:
+            codes = (f"trellis         L={s['trellis_state_bits']} k={s['trellis_step_bits']} "
+                     f"d={s['trellis_step_dim']} ({s['trellis_step_bits'] / s['trellis_step_dim']:g} bits per value), "
+                     f"{s['trellis_groups']} tables")
         lines += [
             f"embedding       V={s['vocab_size']} x n={s['embedding_length']}",
-            f"RVQ             h={s['subvector_dim']} K={s['codebook_size']} (kappa={s['codebook_bits']}) "
-            f"L={s['levels']} layout={layout}, {s['codebooks_per_level']} codebooks per level",
+            codes,
             "adaptor         " + (f"m1={s['adaptor_table_dim']} hidden={s['adaptor_hidden_dims']} "
                                    f"{s['adaptor_activation']} eps={s['adaptor_norm_epsilon']:g}"
                                    if s["adaptor_table_dim"] else "none"),

@@ -2,8 +2,8 @@
 
 The k-means fit (codec/rvq.py) minimises a weighted reconstruction error of the matrix, which
 is only a proxy for what matters: how far the model's next-token distribution moves. Here the
-4-bit codes stay fixed and the continuous parts of the codec (the F16 codebooks and the F16
-correction rows) are trained to minimise KL(original || compressed) of the model's next-token
+4-bit codes (or trellis streams) stay fixed and the continuous parts of the codec (the F16
+codebooks, or trellis tables and column scales and means, and the F16 correction rows) are trained to minimise KL(original || compressed) of the model's next-token
 distribution on calibration text, as AQLM's global fine-tuning does for weights. A weighted
 reconstruction term over all rows (the k-means objective, on a random sample of rows each
 step) keeps the rows the calibration text never reads close to where k-means put them, so a
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..codec.state import CarvqState
+from ..codec import trellis
+from ..codec.state import CarvqState, TrellisCodes
 from ..errors import CarvqError
 from .model import embed_scale
 
@@ -56,16 +57,23 @@ class TuneConfig:
 
 
 class _Decoder(torch.nn.Module):
-    """Differentiable decode of a codec state with fixed codes: RVQ sum + correction rows."""
+    """Differentiable decode of a codec state with fixed codes: RVQ sum or trellis walk, plus
+    the correction rows."""
 
     def __init__(self, state: CarvqState):
         super().__init__()
         if state.adaptor.enabled:
             raise CarvqError("end-to-end tuning supports codecs without an adaptor")
         V, n = state.vocab_size, state.embedding_dim
-        self.register_buffer("codes", state.codes.long())
-        self.register_buffer("groups", state.rvq.group_index(V, n))
-        self.codebooks = torch.nn.Parameter(state.codebooks.to(torch.float32).clone())
+        self.trellis = state.trellis
+        if state.trellis is None:
+            self.register_buffer("codes", state.codes.long())
+            self.register_buffer("groups", state.rvq.group_index(V, n))
+            self.codebooks = torch.nn.Parameter(state.codebooks.to(torch.float32).clone())
+        else:
+            self.register_buffer("step_groups", state.trellis.config.group_index(n))
+            self.tables = torch.nn.Parameter(state.trellis.tables.to(torch.float32).clone())
+            self.columns = torch.nn.Parameter(state.trellis.columns.to(torch.float32).clone())
         rows = state.correction_rows
         self.correction_rows = torch.nn.Parameter(
             torch.zeros(0, n) if rows is None else rows.to(torch.float32).clone())
@@ -73,11 +81,29 @@ class _Decoder(torch.nn.Module):
         slot[state.correction_ids.long()] = torch.arange(state.n_correction_rows)
         self.register_buffer("slot", slot)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
+    def param_groups(self, lr: float, rms: float) -> list[dict]:
+        """Adam parameter groups: every parameter moves by about lr times its own scale (the
+        matrix's RMS for codebooks and rows, 1 for the normalised trellis tables, the mean
+        column scale for the column scales and means)."""
+        if self.trellis is None:
+            return [{"params": [self.codebooks, self.correction_rows], "lr": lr * rms}]
+        scale = float(self.columns[0].abs().mean())
+        return [{"params": [self.tables], "lr": lr}, {"params": [self.columns], "lr": lr * scale},
+                {"params": [self.correction_rows], "lr": lr * rms}]
+
+    def _codes_part(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.trellis is not None:
+            cfg = self.trellis.config
+            states = trellis.unpack_states(self.trellis.streams[flat.cpu()], self.step_groups.shape[0], cfg)
+            values = self.tables[self.step_groups, states.to(self.tables.device)].reshape(flat.shape[0], -1)
+            return values * self.columns[0] + self.columns[1]
         codes, groups = self.codes[flat], self.groups[flat]  # [T, L, S], [T, S]
         out = sum(self.codebooks[level][groups, codes[:, level]] for level in range(codes.shape[1]))
-        out = out.reshape(flat.shape[0], -1)
+        return out.reshape(flat.shape[0], -1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        out = self._codes_part(flat)
         slot = self.slot[flat]
         hit = slot >= 0
         if bool(hit.any()):
@@ -85,12 +111,19 @@ class _Decoder(torch.nn.Module):
         return out.reshape(*ids.shape, -1)
 
     def stored_state(self, state: CarvqState) -> CarvqState:
-        """state with the tuned codebooks and correction rows rounded to their stored F16."""
+        """state with the tuned parameters rounded to their stored F16."""
         from dataclasses import replace
 
-        out = replace(state, codebooks=self.codebooks.detach().cpu().to(torch.float16).contiguous(),
-                      correction_rows=None if state.correction_rows is None
-                      else self.correction_rows.detach().cpu().to(torch.float16).contiguous())
+        def f16(p: torch.Tensor) -> torch.Tensor:
+            return p.detach().cpu().to(torch.float16).contiguous()
+
+        rows = None if state.correction_rows is None else f16(self.correction_rows)
+        if state.trellis is None:
+            out = replace(state, codebooks=f16(self.codebooks), correction_rows=rows)
+        else:
+            out = replace(state, correction_rows=rows,
+                          trellis=TrellisCodes(state.trellis.config, state.trellis.streams, f16(self.tables),
+                                               f16(self.columns)))
         out.check()
         return out
 
@@ -129,7 +162,7 @@ def spread_windows(windows: torch.Tensor, count: int) -> torch.Tensor:
 def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.Tensor,
                row_weights: torch.Tensor | None = None, config: TuneConfig = TuneConfig(), seed: int = 0,
                bos: int | None = None, progress: bool = True) -> tuple[CarvqState, dict]:
-    """Tune state's codebooks and correction rows (codes fixed) to bring the model's next-token
+    """Tune state's codebooks (or trellis tables and columns) and correction rows (codes fixed) to bring the model's next-token
     distribution with the codec close to the one with matrix; returns (tuned state, stats).
 
     model is a transformers causal LM whose input embedding is matrix (its output head, tied or
@@ -158,7 +191,7 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     scale = embed_scale(model)
     generator = torch.Generator().manual_seed(seed)
     rms = float(matrix.pow(2).mean().sqrt())
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=config.lr * rms)
+    optimizer = torch.optim.Adam(decoder.param_groups(config.lr, rms))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.steps)))
     energy = float((weights * matrix.pow(2).sum(1)).sum()) / V
