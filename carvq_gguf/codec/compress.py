@@ -109,7 +109,7 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
         state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor, codes=None,
                            codebooks=None, preset=preset,
                            trellis=trellis.fit_trellis(matrix, resolved.trellis, ids, sample_weights, col_weights,
-                                                       seed=seed))
+                                                       seed=seed, progress=progress))
     else:
         codes, codebooks = rvq.encode(matrix, resolved.rvq, fit_weights, iters=train.kmeans_iters, seed=seed,
                                       progress=progress)

@@ -14,6 +14,7 @@ scale and back, and takes per-column weights that say what an error costs.
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from ..errors import CarvqError
 from .state import TrellisCodes, TrellisConfig
@@ -48,16 +49,16 @@ def viterbi(points: torch.Tensor, col_weights: torch.Tensor, step_tables: torch.
 
 
 def encode(points: torch.Tensor, col_weights: torch.Tensor, tables: torch.Tensor, cfg: TrellisConfig,
-           chunk: int = 4096) -> torch.Tensor:
+           chunk: int = 4096, progress: bool = False) -> torch.Tensor:
     """viterbi over rows, chunk at a time (its back pointers take T * chunk * 2^(L-k) bytes),
     with tables [G, 2^L, d] spread over the steps by cfg.group_index."""
     step_tables = tables[cfg.group_index(points.shape[1] * cfg.step_dim)]
-    return torch.cat([viterbi(points[i:i + chunk], col_weights, step_tables, cfg)
-                      for i in range(0, points.shape[0], chunk)])
+    starts = tqdm(range(0, points.shape[0], chunk), desc="trellis encoding", unit="chunk", disable=not progress)
+    return torch.cat([viterbi(points[i:i + chunk], col_weights, step_tables, cfg) for i in starts])
 
 
 def fit_tables(points: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor, cfg: TrellisConfig,
-               iters: int = 8, seed: int = 0) -> torch.Tensor:
+               iters: int = 8, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """Tables [G, 2^L, d] (F16 values in float32) fitted by Lloyd rounds on the trellis: encode,
     then each entry becomes the weighted mean of the steps that chose it (entries no step chose
     stay). Starts from Gaussian noise, since points are normalised values."""
@@ -67,7 +68,7 @@ def fit_tables(points: torch.Tensor, row_weights: torch.Tensor, col_weights: tor
     tables = torch.randn(G, S, d, generator=generator).half().float()
     weight = row_weights.reshape(R, 1, 1) * col_weights.reshape(1, T, d)  # [R, T, d]
     group = cfg.group_index(T * d)
-    for _ in range(iters):
+    for _ in tqdm(range(iters), desc="trellis tables", unit="round", disable=not progress):
         slots = (group * S + encode(points, col_weights, tables, cfg)).reshape(-1)
         num = torch.zeros(G * S, d).index_add_(0, slots, (weight * points).reshape(-1, d))
         den = torch.zeros(G * S, d).index_add_(0, slots, weight.expand_as(points).reshape(-1, d))
@@ -119,7 +120,8 @@ def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
 
 
 def fit_trellis(matrix: torch.Tensor, cfg: TrellisConfig, sample_ids: torch.Tensor, sample_weights: torch.Tensor,
-                col_weights: torch.Tensor | None = None, seed: int = 0, iters: int = 8) -> TrellisCodes:
+                col_weights: torch.Tensor | None = None, seed: int = 0, iters: int = 8,
+                progress: bool = False) -> TrellisCodes:
     """Trellis codes for matrix [V, n]: per-column F16 mean and scale, tables fitted on the rows
     sample_ids weighted by sample_weights under plain squared error, then every row encoded
     under col_weights [n] (the cost of an error in each column, e.g. the diagonal of the model's
@@ -131,8 +133,8 @@ def fit_trellis(matrix: torch.Tensor, cfg: TrellisConfig, sample_ids: torch.Tens
     scale = (matrix - mean.float()).std(0).clamp_min(2.0 ** -14).half()  # F16 normals only
     points = ((matrix - mean.float()) / scale.float()).reshape(V, T, d)
     plain = scale.float().pow(2).reshape(T, d)
-    tables = fit_tables(points[sample_ids], sample_weights, plain, cfg, iters=iters, seed=seed)
+    tables = fit_tables(points[sample_ids], sample_weights, plain, cfg, iters=iters, seed=seed, progress=progress)
     weights = plain if col_weights is None else (col_weights.float() * scale.float().pow(2)).reshape(T, d)
-    states = encode(points, weights, tables, cfg)
+    states = encode(points, weights, tables, cfg, progress=progress)
     return TrellisCodes(config=cfg, streams=pack_states(states, cfg), tables=tables.half(),
                         columns=torch.stack([scale, mean]))

@@ -163,7 +163,7 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
     fit = fit_with_model(model, tokenizer, matrix, preset, text, seed=seed, tune_steps=tune_steps,
                          progress=progress, rounds=rounds)
     stats = fit.stats
-    parts = [f"k-means and encoding {stats['fit_seconds']:.0f} s"]
+    parts = [f"fit of the codes {stats['fit_seconds']:.0f} s"]
     if "fisher_seconds" in stats:
         parts.insert(0, f"the model's Fisher {stats['fisher_seconds']:.0f} s")
     if "skipped" in stats:
