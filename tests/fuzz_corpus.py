@@ -1,6 +1,6 @@
 """The fuzzing corpus: tiny CARVQ-GGUFs written by the converter's GGUF writer from a tiny random
 llama (converted by the pinned convert_hf_to_gguf.py), in both group layouts, with and without
-adaptor and correction rows, and 1 to 3 levels."""
+adaptor and correction rows, and 1 to 3 levels, and two trellis-coded files (format version 2)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from conftest import make_random_state
 from test_runtime_parity import save_tiny_hf, vocab_and_width, write_carvq
 
+from carvq_gguf.codec.state import TrellisConfig
 from carvq_gguf.convert import hf_source
 
 VARIANTS = {
@@ -16,6 +17,9 @@ VARIANTS = {
     "block-l3-adaptor": dict(group_layout="block", levels=3, table_dim=8, hidden_dims=(16,), n_corrections=0),
     "column-l1-corr": dict(group_layout="column", levels=1, table_dim=0, n_corrections=5),
     "block-linear-adaptor": dict(group_layout="block", levels=2, table_dim=4, hidden_dims=(), n_corrections=1),
+    "trellis-adaptor-corr": dict(trellis=TrellisConfig(groups=4), table_dim=8, hidden_dims=(16,), n_corrections=3),
+    "trellis-k8-corr": dict(trellis=TrellisConfig(state_bits=9, step_bits=8, step_dim=4, groups=3), table_dim=0,
+                            n_corrections=2),
 }
 
 

@@ -27,7 +27,7 @@ from carvq_gguf.data.models import smollm2_gguf
 from carvq_gguf.gguf import rewrite as gguf_source
 from carvq_gguf.convert import hf_source
 from carvq_gguf.codec.embedding import CarvqEmbedding
-from carvq_gguf.codec.state import CarvqState
+from carvq_gguf.codec.state import CarvqState, TrellisConfig
 from conftest import make_random_state
 from tiny_sources import SENTENCES, save_tiny_tokenizer
 
@@ -237,6 +237,27 @@ def test_every_row_of_a_tiny_model_matches_the_reference(tiny_base, tmp_path: Pa
     assert err.max() <= ROW_TOL
 
 
+@pytest.mark.parametrize("trellis,table_dim,n_corr", [
+    (TrellisConfig(state_bits=10, step_bits=3, step_dim=2, groups=8), 8, 3),
+    (TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=1), 0, 0),
+    (TrellisConfig(state_bits=9, step_bits=8, step_dim=4, groups=5), 0, 4),
+    (TrellisConfig(state_bits=16, step_bits=1, step_dim=1, groups=64), 8, 0),
+])
+def test_every_row_of_a_tiny_model_with_trellis_codes_matches_the_reference(
+        tiny_base, tmp_path: Path, trellis: TrellisConfig, table_dim: int, n_corr: int) -> None:
+    source = tiny_base("llama")
+    V, n = vocab_and_width(source)
+    state = make_random_state(vocab_size=V, embedding_dim=n, table_dim=table_dim, n_corrections=n_corr, seed=5,
+                              trellis=trellis)
+    path = write_carvq(source, state, tmp_path / "carvq.gguf")
+    ids = list(range(V))
+    got = embedding_rows(path, ids)
+    ref = CarvqEmbedding(state)(torch.tensor(ids)).numpy()
+    err = row_errors(got, ref)
+    print(f"\n[parity] tiny llama {trellis} m1={table_dim} R={n_corr}: max row error {err.max():.2e}")
+    assert err.max() <= ROW_TOL
+
+
 def test_rows_repeat_and_order_like_the_ids(tiny_base, tmp_path: Path) -> None:
     source = tiny_base("llama")
     V, n = vocab_and_width(source)
@@ -287,6 +308,15 @@ def test_tiny_models_match_their_dense_decode_end_to_end(tiny_base, tmp_path: Pa
     V, n = vocab_and_width(source)
     state = make_random_state(vocab_size=V, embedding_dim=n, group_layout="block", seed=4)
     _end_to_end(source, tmp_path, state, f"tiny {arch}", TINY_PROMPTS)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_tiny_models_with_trellis_codes_match_their_dense_decode_end_to_end(tiny_base, tmp_path: Path,
+                                                                             arch: str) -> None:
+    source = tiny_base(arch)
+    V, n = vocab_and_width(source)
+    state = make_random_state(vocab_size=V, embedding_dim=n, table_dim=0, seed=6, trellis=TrellisConfig(groups=4))
+    _end_to_end(source, tmp_path, state, f"tiny {arch}, trellis", TINY_PROMPTS)
 
 
 # SmolLM2 ships as Q4_1: its matrix products quantize activations to 8 bits, which turns the
