@@ -82,9 +82,10 @@ def _evaluate(model, matrices: dict[str, torch.Tensor], carvq_state, windows: to
 
 def print_table(report: dict) -> None:
     """The report as a table: one line per input embedding."""
-    rows = [("original", "original"), ("carvq", f"CARVQ {report['preset']}"), ("rvq_only", "same RVQ alone")]
+    codes = "trellis" if report.get("quantizer") == "trellis" else "RVQ"
+    rows = [("original", "original"), ("carvq", f"CARVQ {report['preset']}"), ("rvq_only", f"same {codes} alone")]
     if "bpw_rvq_adaptor" in report:
-        rows.append(("rvq_adaptor", "same RVQ + adaptor"))
+        rows.append(("rvq_adaptor", f"same {codes} + adaptor"))
     rows += [(f"int{b}", f"RTN INT{b} g64") for b in BASELINE_BITS]
     print(f"{'input embedding':<24} {'bpw':>7} {'ppl':>9} {'KL':>8} {'rel MSE':>8} {'mean cos':>8}")
     for key, label in rows:
