@@ -216,45 +216,26 @@ def row_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 # ---- tests -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout,table_dim,n_corr,levels", [
-    ("column", 8, 3, 2),
-    ("block", 8, 3, 3),
-    ("column", 0, 0, 1),
-    ("block", 8, 0, 2),
-])
-def test_every_row_of_a_tiny_model_matches_the_reference(tiny_base, tmp_path: Path, layout: str, table_dim: int,
-                                                          n_corr: int, levels: int) -> None:
+@pytest.mark.parametrize("codec", [
+    dict(group_layout="column", table_dim=8, n_corrections=3, levels=2),
+    dict(group_layout="block", table_dim=8, n_corrections=3, levels=3),
+    dict(group_layout="column", table_dim=0, n_corrections=0, levels=1),
+    dict(group_layout="block", table_dim=8, n_corrections=0, levels=2),
+    dict(trellis=TrellisConfig(state_bits=10, step_bits=3, step_dim=2, groups=8), table_dim=8, n_corrections=3),
+    dict(trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=1), table_dim=0, n_corrections=0),
+    dict(trellis=TrellisConfig(state_bits=9, step_bits=8, step_dim=4, groups=5), table_dim=0, n_corrections=4),
+    dict(trellis=TrellisConfig(state_bits=16, step_bits=1, step_dim=1, groups=64), table_dim=8, n_corrections=0),
+], ids=lambda codec: "-".join(f"{k}={v}" for k, v in codec.items()))
+def test_every_row_of_a_tiny_model_matches_the_reference(tiny_base, tmp_path: Path, codec: dict) -> None:
     source = tiny_base("llama")
     V, n = vocab_and_width(source)
-    state = make_random_state(vocab_size=V, embedding_dim=n, levels=levels, group_layout=layout,
-                              table_dim=table_dim, n_corrections=n_corr, seed=1)
+    state = make_random_state(vocab_size=V, embedding_dim=n, seed=1, **codec)
     path = write_carvq(source, state, tmp_path / "carvq.gguf")
     ids = list(range(V))
     got = embedding_rows(path, ids)
     ref = CarvqEmbedding(state)(torch.tensor(ids)).numpy()
     err = row_errors(got, ref)
-    print(f"\n[parity] tiny llama {layout} L={levels} m1={table_dim} R={n_corr}: max row error {err.max():.2e}")
-    assert err.max() <= ROW_TOL
-
-
-@pytest.mark.parametrize("trellis,table_dim,n_corr", [
-    (TrellisConfig(state_bits=10, step_bits=3, step_dim=2, groups=8), 8, 3),
-    (TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=1), 0, 0),
-    (TrellisConfig(state_bits=9, step_bits=8, step_dim=4, groups=5), 0, 4),
-    (TrellisConfig(state_bits=16, step_bits=1, step_dim=1, groups=64), 8, 0),
-])
-def test_every_row_of_a_tiny_model_with_trellis_codes_matches_the_reference(
-        tiny_base, tmp_path: Path, trellis: TrellisConfig, table_dim: int, n_corr: int) -> None:
-    source = tiny_base("llama")
-    V, n = vocab_and_width(source)
-    state = make_random_state(vocab_size=V, embedding_dim=n, table_dim=table_dim, n_corrections=n_corr, seed=5,
-                              trellis=trellis)
-    path = write_carvq(source, state, tmp_path / "carvq.gguf")
-    ids = list(range(V))
-    got = embedding_rows(path, ids)
-    ref = CarvqEmbedding(state)(torch.tensor(ids)).numpy()
-    err = row_errors(got, ref)
-    print(f"\n[parity] tiny llama {trellis} m1={table_dim} R={n_corr}: max row error {err.max():.2e}")
+    print(f"\n[parity] tiny llama {codec}: max row error {err.max():.2e}")
     assert err.max() <= ROW_TOL
 
 
