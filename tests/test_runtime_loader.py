@@ -20,6 +20,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from carvq_gguf.runtime import build as runtime
 from carvq_gguf.gguf import rewrite as gguf_source
 from carvq_gguf.codec.embedding import CarvqEmbedding
+from carvq_gguf.codec.state import TrellisConfig
 from conftest import make_random_state
 from test_runtime_parity import ROW_TOL, embedding_rows, row_errors, tiny_base, vocab_and_width, write_carvq
 
@@ -79,6 +80,15 @@ def good(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     return source, write_carvq(source, state, tmp_path_factory.mktemp("good") / "carvq.gguf")
 
 
+@pytest.fixture(scope="module")
+def good_trellis(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny tied llama source, its valid trellis-coded CARVQ-GGUF with adaptor and 3 corrections)."""
+    source = tiny_base("llama")
+    V, n = vocab_and_width(source)
+    state = make_random_state(vocab_size=V, embedding_dim=n, seed=8, trellis=TrellisConfig(groups=4))
+    return source, write_carvq(source, state, tmp_path_factory.mktemp("good_trellis") / "carvq.gguf")
+
+
 def tensor(path: Path, name: str) -> np.ndarray:
     return np.array(next(t for t in GGUFReader(path).tensors if t.name == name).data)
 
@@ -93,7 +103,7 @@ def test_the_valid_file_loads(good: tuple[Path, Path]) -> None:
 
 
 BAD_CASES = {
-    "version": (lambda g: dict(keys={"carvq.version": (2, U32)}), "unsupported carvq.version 2"),
+    "version": (lambda g: dict(keys={"carvq.version": (3, U32)}), "unsupported carvq.version 3"),
     "vocab_size": (lambda g: dict(keys={"carvq.vocab_size": (7, U32)}), "does not match the model's vocab"),
     "subvector_dim": (lambda g: dict(keys={"carvq.subvector_dim": (5, U32)}), "even number of sub-vectors"),
     "codebook_bits": (lambda g: dict(keys={"carvq.codebook_bits": (5, U32)}), "codebook_bits must be 1..4"),
@@ -126,14 +136,50 @@ BAD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_bad_files_are_refused_without_crashing(good: tuple[Path, Path], tmp_path: Path, case: str) -> None:
-    edit, message = BAD_CASES[case]
-    bad = rewrite(good[1], tmp_path / f"{case}.gguf", **edit(good[1]))
+# the same for a trellis file (carvq.version 2): every key range the op's graph-build asserts rely on
+TRELLIS_BAD_CASES = {
+    "no_quantizer": (lambda g: dict(keys={"carvq.quantizer": None}), "carvq.quantizer is required"),
+    "quantizer_in_v1": (lambda g: dict(keys={"carvq.version": (1, U32)}), "carvq.quantizer is not a key"),
+    "unknown_quantizer": (lambda g: dict(keys={"carvq.quantizer": ("lattice", STR)}), "unknown carvq.quantizer"),
+    "rvq_key": (lambda g: dict(keys={"carvq.levels": (3, U32)}), "must not carry carvq.levels"),
+    "state_bits": (lambda g: dict(keys={"carvq.trellis.state_bits": (17, U32)}), "state_bits must be 2..16"),
+    "step_bits_zero": (lambda g: dict(keys={"carvq.trellis.step_bits": (0, U32)}), "step_bits must be 1..8"),
+    "step_bits_above_state": (lambda g: dict(keys={"carvq.trellis.state_bits": (3, U32)}), "below state_bits = 3"),
+    "step_dim": (lambda g: dict(keys={"carvq.trellis.step_dim": (3, U32)}), "not a multiple of the trellis step_dim"),
+    "step_dim_zero": (lambda g: dict(keys={"carvq.trellis.step_dim": (0, U32)}), "trellis step_dim 0"),
+    "groups_zero": (lambda g: dict(keys={"carvq.trellis.groups": (0, U32)}), "groups must be 1..32"),
+    "groups_beyond_steps": (lambda g: dict(keys={"carvq.trellis.groups": (33, U32)}), "groups must be 1..32"),
+    "tables_shape": (lambda g: dict(keys={"carvq.trellis.groups": (5, U32)}), "carvq_trellis_tables"),
+    "codes_shape": (lambda g: dict(keys={"carvq.trellis.step_bits": (4, U32)}), "carvq_trellis_codes"),
+    "columns_type": (lambda g: dict(tensors={"carvq_trellis_columns": tensor(g, "carvq_trellis_columns").astype(np.float32)}),
+                     "carvq_trellis_columns' has type f32, expected f16"),
+    "missing_tables": (lambda g: dict(tensors={"carvq_trellis_tables": None}), "carvq_trellis_tables"),
+}
+
+
+def _refused(source: Path, tmp_path: Path, case: str, edit, message: str) -> None:
+    bad = rewrite(source, tmp_path / f"{case}.gguf", **edit(source))
     result = load_in_subprocess(bad)
     assert result.returncode == 1, f"rc={result.returncode} (negative = killed by a signal)\n{result.stderr[-3000:]}"
     assert "LOADED" not in result.stdout
     assert message in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_files_are_refused_without_crashing(good: tuple[Path, Path], tmp_path: Path, case: str) -> None:
+    _refused(good[1], tmp_path, case, *BAD_CASES[case])
+
+
+@pytest.mark.parametrize("case", sorted(TRELLIS_BAD_CASES))
+def test_bad_trellis_files_are_refused_without_crashing(good_trellis: tuple[Path, Path], tmp_path: Path,
+                                                        case: str) -> None:
+    _refused(good_trellis[1], tmp_path, case, *TRELLIS_BAD_CASES[case])
+
+
+def test_the_valid_trellis_file_loads(good_trellis: tuple[Path, Path]) -> None:
+    result = load_in_subprocess(good_trellis[1])
+    assert result.returncode == 0 and "LOADED" in result.stdout, result.stderr[-2000:]
+    assert "CARVQ token embeddings: trellis L = 10, k = 3, d = 2, 4 tables" in result.stderr
 
 
 def test_quantizer_copies_carvq_tensors_unchanged(good: tuple[Path, Path], tmp_path: Path) -> None:
