@@ -8,7 +8,8 @@ import torch
 from .state import AdaptorConfig, CarvqState, RvqConfig, TrellisCodes, TrellisConfig
 
 
-def random_trellis(vocab_size: int, embedding_dim: int, config: TrellisConfig, generator: torch.Generator) -> TrellisCodes:
+def random_trellis(vocab_size: int, embedding_dim: int, config: TrellisConfig,
+                   generator: torch.Generator) -> TrellisCodes:
     """Random trellis codes: any bytes are valid streams (the padding bits after them zero)."""
     V, n, c = vocab_size, embedding_dim, config
     streams = torch.randint(0, 256, (V, c.stream_bytes(n)), generator=generator, dtype=torch.uint8)

@@ -3,8 +3,9 @@
 The k-means fit (codec/rvq.py) minimises a weighted reconstruction error of the matrix, which
 is only a proxy for what matters: how far the model's next-token distribution moves. Here the
 4-bit codes (or trellis streams) stay fixed and the continuous parts of the codec (the F16
-codebooks, or trellis tables and column scales and means, and the F16 correction rows) are trained to minimise KL(original || compressed) of the model's next-token
-distribution on calibration text, as AQLM's global fine-tuning does for weights. A weighted
+codebooks, or trellis tables and column scales and means, and the F16 correction rows) are
+trained to minimise KL(original || compressed) of the model's next-token distribution on
+calibration text, as AQLM's global fine-tuning does for weights. A weighted
 reconstruction term over all rows (the k-means objective, on a random sample of rows each
 step) keeps the rows the calibration text never reads close to where k-means put them, so a
 text from another domain does not pay for the fit.
@@ -162,8 +163,9 @@ def spread_windows(windows: torch.Tensor, count: int) -> torch.Tensor:
 def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.Tensor,
                row_weights: torch.Tensor | None = None, config: TuneConfig = TuneConfig(), seed: int = 0,
                bos: int | None = None, progress: bool = True) -> tuple[CarvqState, dict]:
-    """Tune state's codebooks (or trellis tables and columns) and correction rows (codes fixed) to bring the model's next-token
-    distribution with the codec close to the one with matrix; returns (tuned state, stats).
+    """Tune state's codebooks (or trellis tables and columns) and correction rows (codes fixed)
+    to bring the model's next-token distribution with the codec close to the one with matrix;
+    returns (tuned state, stats).
 
     model is a transformers causal LM whose input embedding is matrix (its output head, tied or
     not, is left alone: only the input side sees the codec). token_ids are calibration tokens
