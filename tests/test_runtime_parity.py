@@ -307,17 +307,18 @@ def test_tiny_models_with_trellis_codes_match_their_dense_decode_end_to_end(tiny
 # (5e-2 of the range, top-1 agreement >= 0.9; measured 3.3e-2 and 0.97); without one, the op's
 # rows equal the dense decode bit for bit and greedy text must be identical on all 10 prompts.
 @pytest.mark.slow
-@pytest.mark.parametrize("table_dim", [16, 0])
-def test_smollm2_matches_its_dense_decode_end_to_end(tmp_path: Path, table_dim: int) -> None:
+@pytest.mark.parametrize("table_dim,trellis", [(16, None), (0, None), (0, TrellisConfig())])
+def test_smollm2_matches_its_dense_decode_end_to_end(tmp_path: Path, table_dim: int,
+                                                      trellis: TrellisConfig | None) -> None:
     V, n = vocab_and_width(SMOLLM2)
     matrix, _ = gguf_source.token_embedding(GGUFReader(SMOLLM2))
     state = make_random_state(vocab_size=V, embedding_dim=n, levels=2, table_dim=table_dim, hidden_dims=(384, 512),
-                              n_corrections=0, seed=5)
+                              n_corrections=0, seed=5, trellis=trellis)
     state = _with_real_rows(state, matrix)
     if table_dim:
         _end_to_end(SMOLLM2, tmp_path, state, "SmolLM2 with adaptor", PROMPTS, logit_tol=5e-2, check_greedy=False)
     else:
-        _end_to_end(SMOLLM2, tmp_path, state, "SmolLM2 RVQ + corrections", PROMPTS, logit_tol=0.0)
+        _end_to_end(SMOLLM2, tmp_path, state, f"SmolLM2 {state.quantizer} + corrections", PROMPTS, logit_tol=0.0)
 
 
 def _with_real_rows(state: CarvqState, matrix: torch.Tensor) -> CarvqState:

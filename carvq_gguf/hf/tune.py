@@ -88,7 +88,7 @@ class _Decoder(torch.nn.Module):
         column scale for the column scales and means)."""
         if self.trellis is None:
             return [{"params": [self.codebooks, self.correction_rows], "lr": lr * rms}]
-        scale = float(self.columns[0].abs().mean())
+        scale = float(self.columns[0].detach().abs().mean())
         return [{"params": [self.tables], "lr": lr}, {"params": [self.columns], "lr": lr * scale},
                 {"params": [self.correction_rows], "lr": lr * rms}]
 
