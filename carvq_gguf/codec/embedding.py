@@ -9,6 +9,8 @@ LayerNorm in F32 (normalize, then * weight + bias); ReLU; then the F16 correctio
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,7 +87,7 @@ class CarvqEmbedding(nn.Module):
             vocab_size=self.vocab_size, embedding_dim=self.embedding_dim, rvq=self.rvq_config,
             adaptor=self.adaptor_config, codes=None if self.codes is None else self.codes.clone(),
             codebooks=None if self.codebooks is None else self.codebooks.clone(),
-            trellis=self._trellis_codes(),
+            trellis=copy.deepcopy(self._trellis_codes()),
             sigma0=None if self.sigma0 is None else self.sigma0.clone(),
             linears=[(w.clone(), b.clone()) for w, b in zip(self.weights, self.biases)],
             norms=[(w.clone(), b.clone()) for w, b in zip(self.norm_weights, self.norm_biases)],
@@ -96,16 +98,15 @@ class CarvqEmbedding(nn.Module):
         return state
 
     def _trellis_codes(self) -> TrellisCodes | None:
+        """The trellis codes held in this module's buffers (not copies); None for RVQ codes."""
         if self.trellis_config is None:
             return None
-        return TrellisCodes(config=self.trellis_config, streams=self.trellis_streams.clone(),
-                            tables=self.trellis_tables.clone(), columns=self.trellis_columns.clone())
+        return TrellisCodes(self.trellis_config, self.trellis_streams, self.trellis_tables, self.trellis_columns)
 
     def codes_part(self, ids: torch.Tensor) -> torch.Tensor:
         """What the codes decode to (RVQ or trellis) for flat ids [T] -> float32 [T, n]."""
         if self.trellis_config is not None:
-            return trellis.decode(TrellisCodes(self.trellis_config, self.trellis_streams, self.trellis_tables,
-                                               self.trellis_columns), ids)
+            return trellis.decode(self._trellis_codes(), ids)
         return decode(self.codes, self.codebooks, self.rvq_config, ids)
 
     def adaptor_part(self, ids: torch.Tensor) -> torch.Tensor:

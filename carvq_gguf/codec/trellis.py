@@ -71,7 +71,7 @@ def fit_tables(points: torch.Tensor, row_weights: torch.Tensor, col_weights: tor
     for _ in tqdm(range(iters), desc="trellis tables", unit="round", disable=not progress):
         slots = (group * S + encode(points, col_weights, tables, cfg)).reshape(-1)
         num = torch.zeros(G * S, d).index_add_(0, slots, (weight * points).reshape(-1, d))
-        den = torch.zeros(G * S, d).index_add_(0, slots, weight.expand_as(points).reshape(-1, d))
+        den = torch.zeros(G * S, d).index_add_(0, slots, weight.reshape(-1, d))
         tables = torch.where(den > 0, num / den.clamp_min(1e-30), tables.reshape(G * S, d))
         tables = tables.reshape(G, S, d).half().float()
     return tables

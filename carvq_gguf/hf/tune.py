@@ -72,7 +72,6 @@ class _Decoder(torch.nn.Module):
             self.register_buffer("groups", state.rvq.group_index(V, n))
             self.codebooks = torch.nn.Parameter(state.codebooks.to(torch.float32).clone())
         else:
-            self.register_buffer("step_groups", state.trellis.config.group_index(n))
             self.tables = torch.nn.Parameter(state.trellis.tables.to(torch.float32).clone())
             self.columns = torch.nn.Parameter(state.trellis.columns.to(torch.float32).clone())
         rows = state.correction_rows
@@ -93,11 +92,9 @@ class _Decoder(torch.nn.Module):
                 {"params": [self.correction_rows], "lr": lr * rms}]
 
     def _codes_part(self, flat: torch.Tensor) -> torch.Tensor:
-        if self.trellis is not None:
-            cfg = self.trellis.config
-            states = trellis.unpack_states(self.trellis.streams[flat.cpu()], self.step_groups.shape[0], cfg)
-            values = self.tables[self.step_groups, states.to(self.tables.device)].reshape(flat.shape[0], -1)
-            return values * self.columns[0] + self.columns[1]
+        if self.trellis is not None:  # the reference decode, on the trainable tables and columns
+            codes = TrellisCodes(self.trellis.config, self.trellis.streams, self.tables, self.columns)
+            return trellis.decode(codes, flat.cpu())
         codes, groups = self.codes[flat], self.groups[flat]  # [T, L, S], [T, S]
         out = sum(self.codebooks[level][groups, codes[:, level]] for level in range(codes.shape[1]))
         return out.reshape(flat.shape[0], -1)
