@@ -10,7 +10,7 @@ BUDGETED = [name for name in PRESET_NAMES if get_preset(name).max_bpw is not Non
 
 
 def test_expected_presets_exist():
-    for name in ("carvq-1.2", "carvq-1.6", "carvq-2.0", "carvq-2.4", "carvq-paper", "rvq-1.6"):
+    for name in ("carvq-1.2", "carvq-1.6", "carvq-2.0", "carvq-2.4", "carvq-1.6-rvq", "carvq-paper", "rvq-1.6"):
         assert name in PRESET_NAMES
 
 
@@ -40,11 +40,20 @@ def test_paper_preset_is_faithful():
 def test_rvq_only_variant_has_no_adaptor():
     r = get_preset("rvq-1.6").resolve(49152, 576)
     assert not r.adaptor.enabled and r.correction_rows == 0
-    assert r.rvq == get_preset("carvq-1.6").resolve(49152, 576).rvq
+    assert r.rvq == get_preset("carvq-1.6-rvq").resolve(49152, 576).rvq
+
+
+def test_main_presets_code_rows_with_the_trellis_at_their_rate():
+    """Bits per value of the trellis codes: what each budget spends on every row."""
+    rates = {name: get_preset(name).resolve(49152, 576).trellis for name in ("carvq-1.2", "carvq-1.6", "carvq-2.0",
+                                                                            "carvq-2.4")}
+    assert {name: c.step_bits / c.step_dim for name, c in rates.items()} == {
+        "carvq-1.2": 1.0, "carvq-1.6": 1.5, "carvq-2.0": 1.5, "carvq-2.4": 2.0}
+    assert get_preset("carvq-1.6-rvq").trellis is None
 
 
 def test_trellis_preset_keeps_its_tables_for_real_shapes_and_halves_them_for_small_ones():
-    preset = get_preset("tcq-1.6")
+    preset = get_preset("carvq-1.6")
     assert preset.resolve(49152, 576).trellis.groups == 8
     assert preset.resolve(262144, 640).trellis.groups == 8
     small = preset.resolve(20000, 64)  # 8 tables of 1024 x 2 F16 would not fit 1.6 bpw

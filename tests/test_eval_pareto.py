@@ -171,3 +171,15 @@ def test_eval_cli_with_base(tiny_source: Path, texts: tuple[Path, Path], tmp_pat
     assert main(["eval", str(q4), "--text", str(texts[0]), "--ctx", str(CTX), "--windows", str(WINDOWS),
                  "--cache-dir", str(tmp_path / "c")]) == 0
     assert f"perplexity      {row['ppl']:.4f}" in capsys.readouterr().out
+
+
+def test_every_preset_has_a_plot_line() -> None:
+    """Each preset maps to a method the report knows how to draw; RVQ variants of the trellis
+    presets get a line of their own rather than joining the main one."""
+    from carvq_gguf.codec.presets import PRESET_NAMES
+    from carvq_gguf.eval.pareto import preset_method
+    from carvq_gguf.eval.pareto_report import METHOD_STYLE
+
+    assert all(preset_method(name) in METHOD_STYLE for name in PRESET_NAMES)
+    assert [preset_method(n) for n in ("carvq-1.6", "carvq-1.6-rvq", "carvq-1.6-adaptor", "rvq-1.6")] == [
+        "CARVQ", "CARVQ, RVQ codes", "CARVQ + adaptor", "RVQ only"]

@@ -50,7 +50,7 @@ def _kl(model, matrix, ids, window=64):
 def _fit(model, ids):
     matrix = model.get_input_embeddings().weight.detach().clone()
     weights = token_weights(ids.tolist(), matrix.shape[0])
-    return matrix, weights, compress_matrix(matrix, "carvq-1.6", weights, seed=0, progress=False)
+    return matrix, weights, compress_matrix(matrix, "carvq-1.6-rvq", weights, seed=0, progress=False)
 
 
 def test_tuning_lowers_calibration_kl_against_the_matrix_only_fit(tmp_path):
@@ -76,7 +76,7 @@ def test_tuning_a_trellis_codec_lowers_calibration_kl(tmp_path, monkeypatch):
     from carvq_gguf.codec import presets
     from carvq_gguf.codec.state import TrellisConfig
 
-    small = dataclasses.replace(presets.get_preset("tcq-1.6"), name="tcq-test",
+    small = dataclasses.replace(presets.get_preset("carvq-1.6"), name="tcq-test",
                                 trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=2))
     monkeypatch.setitem(presets.PRESETS, "tcq-test", small)
     model = _tiny(tmp_path)
@@ -141,10 +141,9 @@ def test_tuning_refuses_bad_input(tmp_path):
         tune_codec(model, state, matrix, ids + 9000, weights, CONFIG, progress=False)
 
 
-def test_convert_fits_with_the_model_in_the_loop_for_the_default_preset(tmp_path):
-    """convert's codec step with carvq-1.6 runs the model in the loop: re-encoding under its
-    Fisher metric lowers the calibration KL of the matrix-only fit by more than 10%."""
-    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
+def _sensitive_tiny_source(tmp_path):
+    """A tiny HF model whose logits depend on the embedding, and calibration text with many
+    distinct pieces (so a matrix-only fit leaves an error): (source, model, matrix, calib, ids)."""
     from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
     from carvq_gguf.hf.perplexity import tokenize_text
     from tiny_sources import make_tiny_hf
@@ -156,17 +155,44 @@ def test_convert_fits_with_the_model_in_the_loop_for_the_default_preset(tmp_path
         for norm in [layer.input_layernorm for layer in model.model.layers] + [model.model.norm]:
             norm.weight[:8] *= 8
     model.save_pretrained(src)
-    g = torch.Generator().manual_seed(0)  # many distinct pieces, so the matrix-only fit leaves an error
+    g = torch.Generator().manual_seed(0)
     letters = "abcdefghijklmnopqrstuvwxyz"
     text = " ".join("".join(letters[int(i)] for i in torch.randint(26, (int(k),), generator=g))
                     for k in torch.randint(2, 9, (600,), generator=g))
     calib = tmp_path / "calib.txt"
     calib.write_text(text)
-    matrix = input_embedding_matrix(model)
-    ids = torch.tensor(tokenize_text(tokenizer, text))
+    return src, model, input_embedding_matrix(model), calib, torch.tensor(tokenize_text(tokenizer, text))
+
+
+def test_convert_fits_with_the_model_in_the_loop_for_the_default_preset(tmp_path):
+    """convert's codec step with carvq-1.6 (trellis) runs the model in the loop: paths searched
+    under its Fisher, then tuning, lower the calibration KL of the matrix-only fit by more than 10%."""
+    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
+
+    src, model, matrix, calib, ids = _sensitive_tiny_source(tmp_path)
 
     def fit(**overrides):
         return make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False,
+                                                      **overrides))
+
+    full, plain = fit(), fit(tune_steps=0, metric_rounds=0)
+    assert full.quantizer == plain.quantizer == "trellis"
+    assert torch.equal(plain.trellis.streams, compress_matrix(
+        matrix, "carvq-1.6", token_weights(ids.tolist(), matrix.shape[0]), progress=False).trellis.streams)
+    before = _kl(model, CarvqEmbedding(plain).decode_all(), ids)
+    after = _kl(model, CarvqEmbedding(full).decode_all(), ids)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_convert_re_encodes_rvq_codes_under_the_model_metric(tmp_path):
+    """With RVQ codes (carvq-1.6-rvq) the codes themselves are re-encoded under the model's Fisher
+    metric, which lowers the calibration KL of the matrix-only fit by more than 10%."""
+    from carvq_gguf.convert.pipeline import ConvertOptions, make_state
+
+    src, model, matrix, calib, ids = _sensitive_tiny_source(tmp_path)
+
+    def fit(**overrides):
+        return make_state(src, matrix, ConvertOptions(preset="carvq-1.6-rvq", calib_text=calib, progress=False,
                                                       **overrides))
 
     def kl(state):
@@ -174,7 +200,7 @@ def test_convert_fits_with_the_model_in_the_loop_for_the_default_preset(tmp_path
 
     full, encoded, plain = fit(), fit(tune_steps=0), fit(tune_steps=0, metric_rounds=0)
     assert torch.equal(plain.codebooks, compress_matrix(
-        matrix, "carvq-1.6", token_weights(ids.tolist(), matrix.shape[0]), progress=False).codebooks)
+        matrix, "carvq-1.6-rvq", token_weights(ids.tolist(), matrix.shape[0]), progress=False).codebooks)
     assert not torch.equal(encoded.codes, plain.codes)
     assert kl(encoded) < 0.9 * kl(plain), (kl(encoded), kl(plain))
     # tuning keeps the codes, and keeps its result only where it lowers the KL (on this tiny model
@@ -246,7 +272,7 @@ def test_unloadable_model_falls_back_to_the_matrix_only_fit(tmp_path, monkeypatc
 
     monkeypatch.setattr(hf_model, "load_causal_lm", unsupported)
     state = make_state(src, matrix, ConvertOptions(preset="carvq-1.6", calib_text=calib, progress=False))
-    assert torch.equal(state.codebooks, plain.codebooks) and torch.equal(state.codes, plain.codes)
+    assert torch.equal(CarvqEmbedding(state).decode_all(), CarvqEmbedding(plain).decode_all())
     assert "transformers cannot load" in capsys.readouterr().err
     with pytest.raises(CarvqError, match="transformers cannot load"):
         make_state(src, matrix, ConvertOptions(preset="carvq-1.6-fisher", calib_text=calib, progress=False))

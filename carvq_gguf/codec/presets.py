@@ -1,9 +1,10 @@
-"""Named compression presets: RVQ settings, adaptor shape, correction rows and training settings.
+"""Named compression presets: row quantizer, adaptor shape, correction rows and training settings.
 
-A budgeted preset (carvq-1.6 ...) fixes the RVQ levels and the adaptor shape, then spends what
-is left of its bpw budget, for the given (V, n), on correction rows for the most important
-tokens. If the fixed parts alone exceed the budget, the adaptor table is narrowed until they
-fit. So every budgeted preset stays at or under the number in its name.
+A budgeted preset (carvq-1.6 ...) fixes the row quantizer (a bitshift trellis, or RVQ levels) and
+the adaptor shape, then spends what is left of its bpw budget, for the given (V, n), on correction
+rows for the most important tokens. If the fixed parts alone exceed the budget, the adaptor table is
+narrowed, then the trellis tables halved, until they fit. So every budgeted preset stays at or under
+the number in its name.
 
 Measured on SmolLM2-135M (docs/EXPERIMENTS.md): per bit, correction rows on the most frequent
 tokens restore far more than the adaptor's per-token table (which costs 16 * m1 bits per
@@ -129,17 +130,22 @@ _PAPER_TRAIN = TrainConfig(weighted=False, refine_rounds=0)
 _TUNED = TrainConfig(metric_rounds=2, tune_steps=60)
 
 _PRESETS = [
-    Preset("carvq-1.2", 1.2, _column(2), _NO_ADAPTOR, _TUNED),
-    Preset("carvq-1.6", 1.6, _column(3), _NO_ADAPTOR, _TUNED),
-    Preset("carvq-2.0", 2.0, _column(3), _NO_ADAPTOR, _TUNED),
-    Preset("carvq-2.4", 2.4, _column(4), _NO_ADAPTOR, _TUNED),
-    # Trellis-coded rows (codec/trellis.py) at the bits of carvq-1.6's three RVQ levels.
-    Preset("tcq-1.6", 1.6, _column(3), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig()),
+    # Rows coded by a bitshift trellis (codec/trellis.py) at k bits per 2 values: 1.0 bit per value
+    # for carvq-1.2, 1.5 for carvq-1.6 and -2.0, 2.0 for carvq-2.4; the rest of each budget buys
+    # correction rows. At 1.6 bpw it beats three 4-bit RVQ levels on text from another domain and is
+    # level on text like the calibration, on SmolLM2 and Gemma 3 (docs/EXPERIMENTS.md).
+    Preset("carvq-1.2", 1.2, _column(2), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=2)),
+    Preset("carvq-1.6", 1.6, _column(3), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=3)),
+    Preset("carvq-2.0", 2.0, _column(3), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=3)),
+    Preset("carvq-2.4", 2.4, _column(4), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=4)),
+    # The same budget with three 4-bit RVQ levels per column instead of the trellis (format version 1,
+    # which runtimes without the trellis patches read).
+    Preset("carvq-1.6-rvq", 1.6, _column(3), _NO_ADAPTOR, _TUNED),
     Preset("carvq-1.6-adaptor", 1.6, _column(3), _SMALL_ADAPTOR),
     # Model-aware importance (diagonal Fisher); measured worse than frequency on SmolLM2, kept to compare.
     Preset("carvq-1.6-fisher", 1.6, _column(3), _NO_ADAPTOR, TrainConfig(importance="fisher")),
     Preset("carvq-paper", None, _PAPER_RVQ, _PAPER_ADAPTOR, _PAPER_TRAIN),
-    # RVQ-only ablations: the same RVQ as the preset of the same number, no adaptor, no rows.
+    # RVQ-only ablations: the RVQ of carvq-1.6-rvq and of the paper, no adaptor, no rows, no model.
     Preset("rvq-1.6", None, _column(3), _NO_ADAPTOR),
     Preset("rvq-paper", None, _PAPER_RVQ, _NO_ADAPTOR, _PAPER_TRAIN),
 ]

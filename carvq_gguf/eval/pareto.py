@@ -41,7 +41,7 @@ class VariantSpec:
     """One row of the benchmark."""
 
     name: str
-    method: str            # "llama.cpp", "CARVQ", "CARVQ + adaptor", "CARVQ (paper)", "RVQ only"
+    method: str            # "llama.cpp" or a CARVQ line of preset_method
     setting: str           # ggml type name or preset name
 
 
@@ -69,6 +69,8 @@ def preset_method(name: str) -> str:
         return "CARVQ (paper)"
     if "adaptor" in name:
         return "CARVQ + adaptor"
+    if name.endswith("-rvq"):
+        return "CARVQ, RVQ codes"
     return "CARVQ"
 
 

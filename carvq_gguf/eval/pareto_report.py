@@ -10,10 +10,11 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..units import megabytes
 
-CARVQ_METHODS = ("CARVQ", "CARVQ + adaptor", "CARVQ (paper)")
+CARVQ_METHODS = ("CARVQ", "CARVQ, RVQ codes", "CARVQ + adaptor", "CARVQ (paper)")
+# plot colour, marker and line style of each method (pareto.preset_method names them)
 METHOD_STYLE = {"llama.cpp": ("tab:gray", "s", "-"), "CARVQ": ("tab:red", "o", "-"),
-                "CARVQ + adaptor": ("tab:orange", "v", ""), "CARVQ (paper)": ("tab:purple", "D", ""),
-                "RVQ only": ("tab:blue", "^", "")}
+                "CARVQ, RVQ codes": ("tab:brown", "P", "-"), "CARVQ + adaptor": ("tab:orange", "v", ""),
+                "CARVQ (paper)": ("tab:purple", "D", ""), "RVQ only": ("tab:blue", "^", "")}
 
 
 def measured(rows: list[dict]) -> list[dict]:
@@ -124,12 +125,15 @@ def markdown(data: dict, png_name: str = "pareto.png") -> str:
         f"CARVQ variants: `carvq-gguf convert` with each preset of `carvq_gguf.presets` (codec code version "
         f"`{st['codec_code_version']}` at commit `{st.get('git_commit') or '?'}`, calibration "
         f"`{st['calib_text_name']}`, seed {st['seed']}); "
-        "the note of each row gives what the preset is made of; `rvq-*` are the same RVQ without adaptor "
-        "and without correction rows. Every preset but the paper's refines its greedy RVQ (all levels' "
-        "codebooks solved jointly by least squares, alternated with beam-search encoding). Where the note "
-        "says so, the model then takes part: the codes are re-encoded under its Fisher with respect to an "
-        "embedding row (group by group, with GPTQ-style error feedback), and the codebooks and correction "
-        "rows are tuned, codes fixed, to minimise its KL on the calibration text (docs/EXPERIMENTS.md).",
+        "the note of each row gives what the preset is made of. The main presets code every row with a "
+        "bitshift trellis (a Viterbi search per row over 2^L-entry tables, k bits per step of d values) and "
+        "spend the rest of their budget on F16 correction rows for the calibration's most frequent tokens; "
+        "`*-rvq` and `*-adaptor` code them with RVQ levels (refined: all levels' codebooks solved jointly by "
+        "least squares, alternated with beam-search encoding), and `rvq-*` are that RVQ alone, without "
+        "adaptor or correction rows. Where the note says so, the model takes part: the paths are searched, "
+        "or the RVQ codes re-encoded, under its Fisher with respect to an embedding row, and the tables or "
+        "codebooks and the correction rows are then tuned, codes fixed, to minimise its KL on the "
+        "calibration text (docs/EXPERIMENTS.md).",
         "",
         f"![embedding bpw against dPPL]({png_name})",
         "",
@@ -167,7 +171,7 @@ def plot(data: dict, out: Path) -> None:
 
     rows = measured(data["rows"])
     groups = {"llama.cpp": stock_points(data["rows"])}
-    for method in ("CARVQ", "CARVQ + adaptor", "CARVQ (paper)", "RVQ only"):
+    for method in (m for m in METHOD_STYLE if m != "llama.cpp"):
         groups[method] = sorted((r for r in rows if r["method"] == method), key=lambda r: r["embedding_bpw"])
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for ax, key, label in ((axes[0], "dppl_percent", "perplexity change vs source (%)"),
