@@ -113,6 +113,28 @@ def test_stock_types_change_only_token_embd(tiny_source: Path, tmp_path: Path) -
         assert not (tmp_path / f"{name}.gguf").exists()
 
 
+def test_quantizer_runs_without_ggml_backtrace(tiny_source: Path, tmp_path: Path, monkeypatch) -> None:
+    """Refusals of a type are GGML_ASSERTs; ggml's backtrace forks the multithreaded quantizer to
+    attach a debugger, and that fork has hung a pareto run for good. The quantizer must run with
+    GGML_NO_BACKTRACE set."""
+    untied = tmp_path / "untied.gguf"
+    untie_head(tiny_source, untied)
+    seen = {}
+    real_run = variants.subprocess.run
+
+    def run(cmd, **kwargs):
+        if not str(cmd[0]).endswith("llama-quantize"):
+            return real_run(cmd, **kwargs)
+        seen.update(kwargs.get("env") or {})
+        raise RuntimeError("stop before running the quantizer")
+
+    monkeypatch.setattr(variants.subprocess, "run", run)
+    with pytest.raises(RuntimeError, match="stop before"):
+        variants.quantize_token_embd(untied, tmp_path / "out.gguf", "IQ1_M")
+    assert seen.get("GGML_NO_BACKTRACE") == "1"
+    assert not (tmp_path / "out.gguf.tensor-types").exists()
+
+
 def test_stock_types_keep_a_mixed_type_source_as_it_is(tiny_source: Path, tmp_path: Path) -> None:
     """A source whose tensors are not all of its file type (Q4_K_M keeps some in Q6_K/Q5_0) keeps
     them: only token_embd changes."""

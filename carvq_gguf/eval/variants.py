@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -89,7 +90,11 @@ def quantize_token_embd(untied: Path, out: Path, type_name: str, imatrix: Path |
     cmd += ["--tensor-type-file", str(pins), str(untied), str(out), str(ftype), str(threads)]
     print(f"[pareto] llama-quantize --token-embedding-type {type_name}", file=sys.stderr)
     try:
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        # a type llama.cpp cannot use for this row length ends in a GGML_ASSERT; without GGML_NO_BACKTRACE
+        # ggml forks the multithreaded quantizer to attach a debugger, and that fork can hang for good
+        env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env=env)
     finally:
         pins.unlink(missing_ok=True)
     log = result.stdout
