@@ -205,3 +205,18 @@ def test_every_preset_has_a_plot_line() -> None:
     assert all(preset_method(name) in METHOD_STYLE for name in PRESET_NAMES)
     assert [preset_method(n) for n in ("carvq-1.6", "carvq-1.6-rvq", "carvq-1.6-adaptor", "rvq-1.6")] == [
         "CARVQ", "CARVQ, RVQ codes", "CARVQ + adaptor", "RVQ only"]
+
+
+def test_report_note_says_what_each_preset_is_made_of() -> None:
+    """The note names the row quantizer and its rate, and states the tuning's keep rule rather
+    than claiming the tuning was kept (it is discarded where it does not lower the KL)."""
+    from carvq_gguf.codec.state import TrellisConfig
+    from carvq_gguf.codec.synthetic import random_state
+
+    trellis = variants.recipe(random_state(table_dim=0, trellis=TrellisConfig(groups=2)), "carvq-1.6")
+    assert trellis.startswith("trellis L=10 k=3 d=2 (1.5 bits per value), 2 tables")
+    assert "paths searched under the diagonal of the model's Fisher" in trellis
+    assert trellis.endswith("tuned 60 steps on the model's KL, kept if the calibration KL fell")
+    rvq = variants.recipe(random_state(levels=3, table_dim=0), "carvq-1.6-rvq")
+    assert rvq.startswith("RVQ L=3 K=16 h=8, codebooks per column") and "re-encoded 2 rounds" in rvq
+    assert "tuned" not in variants.recipe(random_state(levels=3, table_dim=0), "rvq-1.6")

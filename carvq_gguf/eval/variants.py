@@ -152,5 +152,7 @@ def recipe(state, preset: str) -> str:
         parts.insert(3, "paths searched under the diagonal of the model's Fisher" if state.trellis is not None
                      else f"codes re-encoded {train.metric_rounds} rounds under the model's Fisher")
     if train.tune_steps:
-        parts.append(f"tuned {train.tune_steps} steps on the model's KL")
+        # the fit keeps the tuning only where it lowers the calibration KL (hf/tune.py); the preset
+        # says what was asked, so the note says the rule, not the outcome (the converter logs that)
+        parts.append(f"tuned {train.tune_steps} steps on the model's KL, kept if the calibration KL fell")
     return ", ".join(parts)
