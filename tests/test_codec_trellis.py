@@ -151,3 +151,41 @@ def test_column_weights_steer_the_encoding():
     steered = trellis.decode(trellis.fit_trellis(matrix, cfg, torch.arange(400), torch.ones(400), weights),
                              torch.arange(400))
     assert float((steered - matrix)[:, 0].pow(2).mean()) < 0.5 * float((plain - matrix)[:, 0].pow(2).mean())
+
+
+def test_restore_norm_gives_the_coded_rows_back_their_mean_norm():
+    """A trellis decodes conditional means, shorter than the rows; one scale folded into the column
+    scale and mean restores the mean norm of the selected rows, and leaves streams and tables."""
+    g = torch.Generator().manual_seed(7)
+    matrix = torch.randn(600, 16, generator=g)
+    cfg = TrellisConfig(state_bits=6, step_bits=2, step_dim=2, groups=1)
+    codes = trellis.fit_trellis(matrix, cfg, torch.arange(600), torch.ones(600))
+    rows = torch.ones(600, dtype=torch.bool)
+    rows[:50] = False
+    ids = rows.nonzero()[:, 0]
+
+    def mean_norm(c: TrellisCodes) -> float:
+        return float(trellis.decode(c, ids).norm(dim=1).mean())
+
+    target = float(matrix[ids].norm(dim=1).mean())
+    assert mean_norm(codes) < 0.95 * target  # 1 bit per value shrinks the rows
+    scaled = trellis.restore_norm(codes, matrix, rows, chunk=64)
+    assert mean_norm(scaled) == pytest.approx(target, rel=2e-3)  # F16 column scale and mean
+    assert torch.equal(scaled.streams, codes.streams) and torch.equal(scaled.tables, codes.tables)
+    assert scaled.columns.dtype == torch.float16
+    assert trellis.restore_norm(codes, matrix, torch.zeros(600, dtype=torch.bool)) is codes
+
+
+def test_compress_restores_the_norm_of_rows_without_a_correction_row():
+    from carvq_gguf.codec.compress import compress_matrix
+
+    g = torch.Generator().manual_seed(8)
+    matrix = torch.randn(20000, 64, generator=g) * 0.05
+    weights = torch.full((20000,), 0.01)
+    weights[:300] = torch.arange(300, 0, -1).float()
+    state = compress_matrix(matrix, "carvq-1.6", weights, progress=False)
+    coded = torch.ones(20000, dtype=torch.bool)
+    coded[state.correction_ids.long()] = False
+    ids = coded.nonzero()[:, 0]
+    ratio = trellis.decode(state.trellis, ids).norm(dim=1).mean() / matrix[ids].norm(dim=1).mean()
+    assert float(ratio) == pytest.approx(1.0, rel=3e-3)

@@ -6,7 +6,8 @@ least-squares codebooks and beam-search encoding -> (with the model's error metr
 re-encoded under it, group by group -> adaptor on the RVQ residual -> correction rows = what
 RVQ + adaptor still miss on those tokens, in F16. A trellis preset replaces the RVQ steps by
 the trellis fit (codec/trellis.py): tables fitted on a weighted sample of rows, every row
-encoded by a Viterbi search under the metric's diagonal.
+encoded by a Viterbi search under the metric's diagonal, then one scale that gives the rows
+without a correction row back their mean norm (trellis.restore_norm).
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
                            codebooks=None, preset=preset,
                            trellis=trellis.fit_trellis(matrix, resolved.trellis, ids, sample_weights, col_weights,
                                                        seed=seed, progress=progress))
+        coded = torch.ones(V, dtype=torch.bool)
+        coded[corr_ids.long()] = False  # the rows the codes alone serve
+        state.trellis = trellis.restore_norm(state.trellis, matrix, coded)
     else:
         codes, codebooks = rvq.encode(matrix, resolved.rvq, fit_weights, iters=train.kmeans_iters, seed=seed,
                                       progress=progress)
