@@ -45,6 +45,11 @@ class TuneConfig:
               rest of the window is still read as context. The output head, which for a
               262k-token vocabulary costs more than the whole transformer, then runs on a
               quarter of the tokens.
+    check_step: after this many steps the KL on the eval windows is measured once; if it has
+              not fallen below its start, the tuning stops there and the state is kept as it
+              came (0: never). Where the tuning pays it has fallen well by then; where it does
+              not (every fit at 2.0 bpw and above, and every Gemma 3 fit, measured in
+              docs/EXPERIMENTS.md) the remaining steps only cost time.
     """
 
     steps: int = 60
@@ -55,6 +60,7 @@ class TuneConfig:
     anchor_rows: int = 8192
     eval_windows: int = 8
     kl_positions: int = 64
+    check_step: int = 20
 
 
 class _Decoder(torch.nn.Module):
@@ -169,7 +175,8 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     under the model's tokenizer (windows start with bos when given); row_weights [V] weigh the
     reconstruction term (None: all 1). stats holds the mean KL on eval_windows calibration
     windows before and after (kl_start, kl_end); when tuning did not lower it, state comes back
-    unchanged (kept False). When every calibration token has a correction row the KL can only
+    unchanged (kept False), and when it had not lowered it by config.check_step the tuning stops
+    there (stopped_at). When every calibration token has a correction row the KL can only
     measure F16 rounding and has nothing to teach the codebooks: the model is not run, state
     comes back unchanged and stats is {"skipped": reason}. Deterministic for a seed on one machine.
     """
@@ -208,7 +215,10 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     try:
         stats = {"kl_start": probe_kl()}
         with torch.enable_grad():
-            for _ in tqdm(range(config.steps), desc="tuning codec", disable=not progress):
+            for step in tqdm(range(config.steps), desc="tuning codec", disable=not progress):
+                if step and step == config.check_step and not probe_kl() < stats["kl_start"]:
+                    stats["stopped_at"] = step
+                    break
                 pick = torch.randint(windows.shape[0], (config.batch_windows,), generator=generator)
                 inputs = windows[pick.to(device), :-1]
                 positions = torch.randperm(inputs.shape[1], generator=generator)[:config.kl_positions].sort().values
@@ -219,11 +229,13 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
                 (kl + config.anchor * err).backward()
                 optimizer.step()
                 schedule.step()
-        tuned = decoder.stored_state(state)
-        decoder = _Decoder(tuned).to(device)  # measure what is stored: F16-rounded
-        stats["kl_end"] = probe_kl()
-        if not stats["kl_end"] < stats["kl_start"]:  # Adam's steps can only add noise to a fit this close
-            tuned, stats["kl_end"] = state, stats["kl_start"]
+        tuned, stats["kl_end"] = state, stats["kl_start"]
+        if "stopped_at" not in stats:
+            stored = decoder.stored_state(state)
+            decoder = _Decoder(stored).to(device)  # measure what is stored: F16-rounded
+            kl_end = probe_kl()
+            if kl_end < stats["kl_start"]:  # else Adam's steps only added noise to a fit this close
+                tuned, stats["kl_end"] = stored, kl_end
         stats["kept"] = tuned is not state
     finally:
         for p in frozen:
