@@ -63,7 +63,7 @@ def test_tuning_lowers_calibration_kl_against_the_matrix_only_fit(tmp_path):
     after = _kl(model, CarvqEmbedding(tuned).decode_all(), ids)
     assert after < 0.8 * before, (before, after)
     assert stats["kl_end"] < stats["kl_start"] and stats["kept"]
-    assert "stopped_at" not in stats  # the KL had fallen by the check at step 20 of 25
+    assert "retried_at" not in stats  # the KL had fallen by the check
     assert torch.equal(tuned.codes, state.codes)  # codes fixed: only the F16 parts move
     assert torch.equal(tuned.correction_ids, state.correction_ids)
     assert tuned.codebooks.dtype == torch.float16 and not torch.equal(tuned.codebooks, state.codebooks)
@@ -106,24 +106,24 @@ def test_tuning_is_deterministic_for_a_seed(tmp_path):
     assert not torch.equal(a.codebooks, c.codebooks)
 
 
-def test_tuning_that_has_not_lowered_the_kl_by_the_check_step_stops_there(tmp_path):
-    """Where the tuning does not pay (every fit at 2.0 bpw and above, every Gemma 3 fit) it used to
-    run all its steps and be discarded; now it stops at the check and the state comes back as is."""
+def test_tuning_that_has_not_lowered_the_kl_by_the_check_step_starts_again_gentler(tmp_path):
+    """Adam's first steps move every parameter by about the rate: too far for a fit already close,
+    where the KL rises (SmolLM2 at 2.0 bpw, Gemma 3 at 1.6). A failed check restarts from the fit
+    at retry_lr times the rate for the steps left."""
     model = _tiny(tmp_path)
     ids = _calib_ids()
     matrix, weights, state = _fit(model, ids)
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
-    wild = dataclasses.replace(CONFIG, lr=50.0, check_step=3)  # steps this large only raise the KL
+    wild = dataclasses.replace(CONFIG, lr=50.0, check_step=3, retry_lr=CONFIG.lr / 50.0)  # then the usual rate
     tuned, stats = tune_codec(model, state, matrix, ids, weights, wild, progress=False)
-    assert tuned is state and stats["stopped_at"] == 3 and not stats["kept"]
-    assert stats["kl_end"] == stats["kl_start"]
-    assert len(calls) == 2 * (1 + 3 + 1)  # teacher and student: the start, 3 steps, the check
-    calls.clear()
+    assert stats["retried_at"] == 3 and stats["kept"] and stats["kl_end"] < stats["kl_start"]
+    assert torch.equal(tuned.codes, state.codes)
+    # teacher and student: the start, 3 steps, the check, the steps left, the end
+    assert len(calls) == 2 * (1 + 3 + 1 + CONFIG.steps - 3 + 1)
     tuned, stats = tune_codec(model, state, matrix, ids, weights, dataclasses.replace(wild, check_step=0),
                               progress=False)
-    assert tuned is state and "stopped_at" not in stats and not stats["kept"]
-    assert len(calls) == 2 * (1 + CONFIG.steps + 1)
+    assert tuned is state and "retried_at" not in stats and not stats["kept"]  # no check: the wild rate is kept
 
 
 def test_tuning_is_skipped_when_every_calibration_token_is_corrected(tmp_path):

@@ -168,12 +168,10 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
         parts.insert(0, f"the model's Fisher {stats['fisher_seconds']:.0f} s")
     if "skipped" in stats:
         parts.append(f"end-to-end tuning skipped: {stats['skipped']}")
-    elif "stopped_at" in stats:
-        parts.append(f"end-to-end tuning {stats['tune_seconds']:.0f} s, stopped after {stats['stopped_at']} steps "
-                     f"and discarded (calibration KL {stats['kl_start']:.4f} not lowered)")
     elif "tune_seconds" in stats:
         kept = "kept" if stats["kept"] else "discarded"
-        parts.append(f"end-to-end tuning {stats['tune_seconds']:.0f} s "
+        retried = f", restarted gentler at step {stats['retried_at']}" if "retried_at" in stats else ""
+        parts.append(f"end-to-end tuning {stats['tune_seconds']:.0f} s{retried} "
                      f"(calibration KL {stats['kl_start']:.4f} -> {stats['kl_end']:.4f}, {kept})")
     print(f"[fit] {', '.join(parts)}", file=sys.stderr)
     return fit.state

@@ -46,10 +46,12 @@ class TuneConfig:
               262k-token vocabulary costs more than the whole transformer, then runs on a
               quarter of the tokens.
     check_step: after this many steps the KL on the eval windows is measured once; if it has
-              not fallen below its start, the tuning stops there and the state is kept as it
-              came (0: never). Where the tuning pays it has fallen well by then; where it does
-              not (every fit at 2.0 bpw and above, and every Gemma 3 fit, measured in
-              docs/EXPERIMENTS.md) the remaining steps only cost time.
+              not fallen below its start, the tuning starts again from the fit with the rate
+              times retry_lr for the steps left (0: never). Adam's first steps move every
+              parameter by about the rate, too far for a fit already close (SmolLM2 at 2.0 bpw,
+              Gemma 3 at 1.6: the KL rises, docs/EXPERIMENTS.md); a fit far from the model's
+              optimum (SmolLM2 at 1.6 bpw) gains most from the larger rate.
+    retry_lr: the factor on lr after a failed check.
     """
 
     steps: int = 60
@@ -61,6 +63,7 @@ class TuneConfig:
     eval_windows: int = 8
     kl_positions: int = 64
     check_step: int = 20
+    retry_lr: float = 0.2
 
 
 class _Decoder(torch.nn.Module):
@@ -175,8 +178,8 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     under the model's tokenizer (windows start with bos when given); row_weights [V] weigh the
     reconstruction term (None: all 1). stats holds the mean KL on eval_windows calibration
     windows before and after (kl_start, kl_end); when tuning did not lower it, state comes back
-    unchanged (kept False), and when it had not lowered it by config.check_step the tuning stops
-    there (stopped_at). When every calibration token has a correction row the KL can only
+    unchanged (kept False); when it had not lowered it by config.check_step the tuning started
+    again at a lower rate (retried_at). When every calibration token has a correction row the KL can only
     measure F16 rounding and has nothing to teach the codebooks: the model is not run, state
     comes back unchanged and stats is {"skipped": reason}. Deterministic for a seed on one machine.
     """
@@ -193,19 +196,37 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     weights = torch.ones(V) if row_weights is None else row_weights.detach().to(torch.float32)
     weights = weights.to(device)
     windows = windows.to(device)
-    decoder = _Decoder(state).to(device)
     scale = embed_scale(model)
     generator = torch.Generator().manual_seed(seed)
     rms = float(matrix.pow(2).mean().sqrt())
-    optimizer = torch.optim.Adam(decoder.param_groups(config.lr, rms))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.steps)))
     energy = float((weights * matrix.pow(2).sum(1)).sum()) / V
     probe = spread_windows(windows, config.eval_windows)[:, :-1]
 
-    def probe_kl() -> float:
+    def probe_kl(decoder: _Decoder) -> float:
         with torch.no_grad():
             return float(_kl(model, decoder(probe) * scale, matrix[probe] * scale))
+
+    def train(decoder: _Decoder, lr: float, steps: int, bar, check_step: int = 0, kl_start: float = 0.0) -> bool:
+        """steps Adam steps on a cosine schedule; False when stopped at check_step with the KL
+        not below kl_start."""
+        optimizer = torch.optim.Adam(decoder.param_groups(lr, rms))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for step in range(steps):
+            if step and step == check_step and not probe_kl(decoder) < kl_start:
+                return False
+            pick = torch.randint(windows.shape[0], (config.batch_windows,), generator=generator)
+            inputs = windows[pick.to(device), :-1]
+            positions = torch.randperm(inputs.shape[1], generator=generator)[:config.kl_positions].sort().values
+            kl = _kl(model, decoder(inputs) * scale, matrix[inputs] * scale, positions.to(device))
+            rows = torch.randint(V, (config.anchor_rows,), generator=generator).to(device)
+            err = (weights[rows] * (decoder(rows) - matrix[rows]).pow(2).sum(1)).mean() / energy
+            optimizer.zero_grad(set_to_none=True)
+            (kl + config.anchor * err).backward()
+            optimizer.step()
+            schedule.step()
+            bar.update()
+        return True
 
     was_training = model.training
     model.eval()
@@ -213,29 +234,17 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     for p in frozen:
         p.requires_grad_(False)
     try:
-        stats = {"kl_start": probe_kl()}
-        with torch.enable_grad():
-            for step in tqdm(range(config.steps), desc="tuning codec", disable=not progress):
-                if step and step == config.check_step and not probe_kl() < stats["kl_start"]:
-                    stats["stopped_at"] = step
-                    break
-                pick = torch.randint(windows.shape[0], (config.batch_windows,), generator=generator)
-                inputs = windows[pick.to(device), :-1]
-                positions = torch.randperm(inputs.shape[1], generator=generator)[:config.kl_positions].sort().values
-                kl = _kl(model, decoder(inputs) * scale, matrix[inputs] * scale, positions.to(device))
-                rows = torch.randint(V, (config.anchor_rows,), generator=generator).to(device)
-                err = (weights[rows] * (decoder(rows) - matrix[rows]).pow(2).sum(1)).mean() / energy
-                optimizer.zero_grad(set_to_none=True)
-                (kl + config.anchor * err).backward()
-                optimizer.step()
-                schedule.step()
-        tuned, stats["kl_end"] = state, stats["kl_start"]
-        if "stopped_at" not in stats:
-            stored = decoder.stored_state(state)
-            decoder = _Decoder(stored).to(device)  # measure what is stored: F16-rounded
-            kl_end = probe_kl()
-            if kl_end < stats["kl_start"]:  # else Adam's steps only added noise to a fit this close
-                tuned, stats["kl_end"] = stored, kl_end
+        decoder = _Decoder(state).to(device)
+        stats = {"kl_start": probe_kl(decoder)}
+        with torch.enable_grad(), tqdm(total=config.steps, desc="tuning codec", disable=not progress) as bar:
+            if not train(decoder, config.lr, config.steps, bar, config.check_step, stats["kl_start"]):
+                stats["retried_at"] = config.check_step  # start again, gentler, for the steps left
+                decoder = _Decoder(state).to(device)
+                train(decoder, config.lr * config.retry_lr, config.steps - config.check_step, bar)
+        tuned = decoder.stored_state(state)
+        stats["kl_end"] = probe_kl(_Decoder(tuned).to(device))  # what is stored: F16-rounded
+        if not stats["kl_end"] < stats["kl_start"]:  # Adam's steps only added noise to a fit this close
+            tuned, stats["kl_end"] = state, stats["kl_start"]
         stats["kept"] = tuned is not state
     finally:
         for p in frozen:
