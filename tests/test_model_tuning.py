@@ -123,7 +123,7 @@ def test_tuning_that_has_not_lowered_the_kl_by_the_check_step_starts_again_gentl
     assert len(calls) == 2 * (1 + 3 + 1 + CONFIG.steps - 3 + 1)
     tuned, stats = tune_codec(model, state, matrix, ids, weights, dataclasses.replace(wild, check_step=0),
                               progress=False)
-    assert tuned is state and "retried_at" not in stats and not stats["kept"]  # no check: the wild rate is kept
+    assert tuned is state and "retried_at" not in stats and not stats["kept"]  # no check: all steps wild, discarded
 
 
 def test_tuning_is_skipped_when_every_calibration_token_is_corrected(tmp_path):
