@@ -122,6 +122,9 @@ BAD_CASES = {
     "missing_tensor": (lambda g: dict(tensors={"carvq_mlp.2.bias": None}), "carvq_mlp.2.bias"),
     "extra_tensor": (lambda g: dict(tensors={"carvq_mlp.3.weight": np.zeros((4, 4), np.float16)}),
                      "wrong number of tensors"),
+    # the other quantizer's tensors are named, not only counted
+    "trellis_tensor": (lambda g: dict(tensors={"carvq_trellis_columns": np.zeros((2, 64), np.float16)}),
+                       "an RVQ file must not carry the tensor carvq_trellis_columns"),
     "token_embd_too": (lambda g: dict(tensors={"token_embd.weight": np.zeros((256, 64), np.float16)}),
                        "both carvq tensors and token_embd.weight"),
     "tied_head": (lambda g: dict(tensors={"output.weight": None}), "no output.weight"),
@@ -142,6 +145,8 @@ TRELLIS_BAD_CASES = {
     "quantizer_in_v1": (lambda g: dict(keys={"carvq.version": (1, U32)}), "carvq.quantizer is not a key"),
     "unknown_quantizer": (lambda g: dict(keys={"carvq.quantizer": ("lattice", STR)}), "unknown carvq.quantizer"),
     "rvq_key": (lambda g: dict(keys={"carvq.levels": (3, U32)}), "must not carry carvq.levels"),
+    "rvq_tensor": (lambda g: dict(tensors={"carvq_codebooks": np.zeros((1, 2, 16, 8), np.float16)}),
+                   "a trellis file must not carry the tensor carvq_codebooks"),
     "state_bits": (lambda g: dict(keys={"carvq.trellis.state_bits": (17, U32)}), "state_bits must be 2..16"),
     "step_bits_zero": (lambda g: dict(keys={"carvq.trellis.step_bits": (0, U32)}), "step_bits must be 1..8"),
     "step_bits_above_state": (lambda g: dict(keys={"carvq.trellis.state_bits": (3, U32)}), "below state_bits = 3"),
