@@ -155,5 +155,5 @@ def recipe(state, preset: str) -> str:
         # the fit keeps the tuning only where it lowers the calibration KL (hf/tune.py); the preset
         # says what was asked, so the note says the rule, not the outcome (the converter logs that)
         parts.append(f"tuned {train.tune_steps} steps on the model's KL (restarted at a lower rate if an early "
-                     f"check finds the KL not lower), kept if the calibration KL fell")
+                     "check finds the KL not lower), kept if the calibration KL fell")
     return ", ".join(parts)
