@@ -14,10 +14,10 @@ from carvq_gguf.codec import synthetic
 def make_random_state(vocab_size: int = 96, embedding_dim: int = 64, levels: int = 2,
                       group_layout: str = "column", table_dim: int = 8,
                       hidden_dims: tuple[int, ...] = (32, 48), n_corrections: int = 3,
-                      seed: int = 0, trellis: TrellisConfig | None = None) -> CarvqState:
+                      seed: int = 0, trellis: TrellisConfig | None = None, predicted: int = 0) -> CarvqState:
     """A small random CarvqState (codec.synthetic.random_state with the tests' defaults)."""
     return synthetic.random_state(vocab_size, embedding_dim, levels, group_layout, table_dim, hidden_dims, n_corrections,
-                                  seed, trellis)
+                                  seed, trellis, predicted)
 
 
 @pytest.fixture

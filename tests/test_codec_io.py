@@ -38,6 +38,19 @@ def test_save_load_round_trip_of_a_trellis_codec(tmp_path):
     assert torch.equal(CarvqEmbedding(back).decode_all(), CarvqEmbedding(state).decode_all())
 
 
+def test_save_load_round_trip_of_predicted_rows(tmp_path):
+    from carvq_gguf.codec.state import TrellisConfig
+
+    state = make_random_state(trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=3), predicted=40)
+    save_codec(state, tmp_path / "p.carvq")
+    back = load_codec(tmp_path / "p.carvq")
+    p, q = state.trellis.prediction, back.trellis.prediction
+    assert q.scale_step == p.scale_step
+    for part in ("rows", "roots", "scale_codes", "columns"):
+        assert torch.equal(getattr(q, part), getattr(p, part)) and getattr(q, part).dtype == getattr(p, part).dtype
+    assert torch.equal(CarvqEmbedding(back).decode_all(), CarvqEmbedding(state).decode_all())
+
+
 def test_compress_matrix_contract_and_determinism(monkeypatch):
     # a small budgeted preset for a toy shape: L=2 column RVQ + tiny adaptor + correction rows
     toy = Preset("toy-3.0", 3.0, RvqConfig(levels=2), AdaptorConfig(table_dim=2, hidden_dims=(16,)),

@@ -56,6 +56,13 @@ def assert_states_identical(a: CarvqState, b: CarvqState) -> None:
         assert torch.equal(a.trellis.streams, b.trellis.streams)
         for part in ("tables", "columns"):
             assert torch.equal(getattr(a.trellis, part).view(torch.int16), getattr(b.trellis, part).view(torch.int16))
+        pa, pb = a.trellis.prediction, b.trellis.prediction
+        assert (pa is None) == (pb is None)
+        if pa is not None:
+            for part in ("rows", "roots", "scale_codes"):
+                assert torch.equal(getattr(pa, part), getattr(pb, part)), part
+            assert pa.scale_step == pb.scale_step
+            assert torch.equal(pa.columns.view(torch.int16), pb.columns.view(torch.int16))
     if a.sigma0 is None:
         assert b.sigma0 is None
     else:
@@ -116,8 +123,8 @@ def _bad(tmp_path: Path, **tamper) -> str:
 
 
 def test_rejects_unknown_version(tmp_path: Path) -> None:
-    msg = _bad(tmp_path, set_keys={"carvq.version": (3, GGUFValueType.UINT32)})
-    assert "unsupported carvq.version 3" in msg
+    msg = _bad(tmp_path, set_keys={"carvq.version": (4, GGUFValueType.UINT32)})
+    assert "unsupported carvq.version 4" in msg
 
 
 def test_rejects_version_of_wrong_type(tmp_path: Path) -> None:
@@ -328,3 +335,116 @@ def test_rvq_tensors_in_a_trellis_file_are_refused(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(CarvqError, match=r"unexpected CARVQ tensors \['carvq_codes'\]"):
         carvq_io.load_carvq_state(path)
+
+
+# ---- predicted rows (version 3) ------------------------------------------------------------------
+
+def predicted_state(vocab_size: int = 96, predicted: int = 30, **kwargs) -> CarvqState:
+    return trellis_state(vocab_size=vocab_size, predicted=predicted, **kwargs)
+
+
+@pytest.mark.parametrize("vocab_size, predicted", [(96, 30), (2, 1), (33, 32), (64, 1), (200, 150)])
+def test_predicted_rows_round_trip_and_decode_the_same(tmp_path: Path, vocab_size: int, predicted: int) -> None:
+    from carvq_gguf.codec.embedding import CarvqEmbedding
+
+    state = predicted_state(vocab_size, predicted, n_corrections=1)
+    back = carvq_io.load_carvq_state(write_state(tmp_path / "p.gguf", state))
+    assert_states_identical(state, back)
+    assert torch.equal(CarvqEmbedding(state).decode_all(), CarvqEmbedding(back).decode_all())
+
+
+def test_predicted_rows_keys_and_tensor_layout_match_format(tmp_path: Path) -> None:
+    state = predicted_state()
+    p = state.trellis.prediction
+    reader = carvq_io.open_gguf(write_state(tmp_path / "p.gguf", state))
+    tensors = {t.name: t for t in reader.tensors}
+    assert reader.get_field("carvq.version").contents() == 3
+    assert reader.get_field("carvq.prediction.rows").contents() == 30
+    assert reader.get_field("carvq.prediction.scale_step").contents() == pytest.approx(p.scale_step)
+    assert [int(d) for d in tensors["carvq_pred_map"].shape] == [2, 3]
+    assert [int(d) for d in tensors["carvq_pred_refs"].shape] == [30]
+    assert [int(d) for d in tensors["carvq_pred_columns"].shape] == [64, 2]
+    words = np.asarray(tensors["carvq_pred_map"].data).view(np.uint32)
+    rows = p.rows.tolist()
+    for t in range(96):  # bit t % 32 of block t // 32 marks row t; the block's count is of the rows before it
+        assert bool(words[t // 32, 0] >> (t % 32) & 1) == (t in rows)
+    assert words[:, 1].tolist() == [sum(r < 32 * b for r in rows) for b in range(3)]
+    refs = np.asarray(tensors["carvq_pred_refs"].data).view(np.uint32)
+    assert (refs & 0xFFFFFF).tolist() == p.roots.tolist()
+    assert (refs >> 24).astype(np.uint8).view(np.int8).tolist() == p.scale_codes.tolist()
+
+
+def test_decode_of_a_predicted_row_follows_the_format() -> None:
+    from carvq_gguf.codec import trellis
+
+    state = predicted_state(table_dim=0, n_corrections=0)
+    t, p = state.trellis, state.trellis.prediction
+    row, root, code = int(p.rows[3]), int(p.roots[3]), int(p.scale_codes[3])
+    plain = dataclasses.replace(t, prediction=None)
+    values = trellis.table_values(plain, torch.tensor([row, root]))
+    scale, own_scale, own_mean = t.columns[0].float(), p.columns[0].float(), p.columns[1].float()
+    expected = p.scale_step * code * values[1] * scale + values[0] * own_scale + own_mean
+    got = trellis.decode(t, torch.tensor([row, root]))
+    assert torch.allclose(got[0], expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[1], trellis.decode(plain, torch.tensor([root]))[0])  # a root decodes as it would alone
+
+
+def _map_with(state: CarvqState, edit) -> np.ndarray:
+    words = carvq_io.prediction_map(state.trellis.prediction.rows, state.vocab_size).view(np.uint32).copy()
+    edit(words)
+    return words.view(np.int32)
+
+
+def _refs_with(state: CarvqState, edit) -> np.ndarray:
+    p = state.trellis.prediction
+    words = carvq_io.prediction_words(p.roots, p.scale_codes).view(np.uint32).copy()
+    edit(words)
+    return words.view(np.int32)
+
+
+def _last_unpredicted(state: CarvqState) -> int:
+    return max(set(range(state.vocab_size)) - set(state.trellis.prediction.rows.tolist()))
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda s: {"set_keys": {"carvq.version": (2, GGUFValueType.UINT32)}},
+     "['carvq.prediction.rows', 'carvq.prediction.scale_step'] are keys of carvq.version 3 only"),
+    (lambda s: {"set_keys": {"carvq.prediction.rows": (0, GGUFValueType.UINT32)}}, "carvq.prediction.rows = 0 must be 1..95"),
+    (lambda s: {"set_keys": {"carvq.prediction.rows": (96, GGUFValueType.UINT32)}}, "carvq.prediction.rows = 96 must be"),
+    (lambda s: {"set_keys": {"carvq.prediction.scale_step": (0.0, GGUFValueType.FLOAT32)}}, "finite and > 0"),
+    (lambda s: {"set_keys": {"carvq.prediction.scale_step": (float("nan"), GGUFValueType.FLOAT32)}}, "finite and > 0"),
+    (lambda s: {"drop_keys": ("carvq.prediction.scale_step",)}, "missing metadata key carvq.prediction.scale_step"),
+    (lambda s: {"drop_tensors": ("carvq_pred_refs",)}, "tensor carvq_pred_refs missing"),
+    (lambda s: {"set_keys": {"carvq.prediction.rows": (31, GGUFValueType.UINT32)}},
+     "tensor carvq_pred_refs has ne [30], expected [31]"),
+    (lambda s: {"replace_tensors": {"carvq_pred_map": _map_with(s, lambda w: w.__setitem__((1, 1), w[1, 1] + 1))}},
+     "carvq_pred_map block 1 counts"),
+    (lambda s: {"replace_tensors": {"carvq_pred_map": _map_with(s, lambda w: w.__setitem__((0, 1), 7))}},
+     "carvq_pred_map block 0 counts 7"),
+    (lambda s: {"replace_tensors": {"carvq_pred_map": _map_with(s, lambda w: w.__setitem__(
+        (2, 0), w[2, 0] | (1 << (_last_unpredicted(s) - 64))))}}, "carvq_pred_map marks 31 predicted rows"),
+    (lambda s: {"replace_tensors": {"carvq_pred_refs": _refs_with(s, lambda w: w.__setitem__(4, (w[4] & 0xFF000000) | 96))}},
+     "carvq_pred_refs holds root 96 >= V = 96"),
+    (lambda s: {"replace_tensors": {"carvq_pred_refs": _refs_with(s, lambda w: w.__setitem__(
+        4, (w[4] & 0xFF000000) | int(s.trellis.prediction.rows[0])))}}, "which is itself predicted"),
+])
+def test_predicted_row_rejections_name_the_problem(tmp_path: Path, tamper, message: str) -> None:
+    state = predicted_state()
+    assert message in _bad(tmp_path, state=state, **tamper(state))
+
+
+def test_map_bits_past_the_vocabulary_are_refused(tmp_path: Path) -> None:
+    state = predicted_state(vocab_size=40, predicted=10)
+
+    def edit(w: np.ndarray) -> None:  # row 45 (block 1, bit 13), past V = 40
+        w[1, 0] |= 1 << 13
+
+    msg = _bad(tmp_path, state=state, replace_tensors={"carvq_pred_map": _map_with(state, edit)})
+    assert "carvq_pred_map marks row 45 >= V = 40" in msg
+
+
+def test_prediction_tensors_in_a_version_2_file_are_refused(tmp_path: Path) -> None:
+    state = predicted_state()
+    msg = _bad(tmp_path, state=state, set_keys={"carvq.version": (2, GGUFValueType.UINT32)},
+               drop_keys=("carvq.prediction.rows", "carvq.prediction.scale_step"))
+    assert "unexpected CARVQ tensors ['carvq_pred_columns', 'carvq_pred_map', 'carvq_pred_refs']" in msg

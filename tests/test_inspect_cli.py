@@ -68,10 +68,10 @@ def test_non_carvq_gguf_is_reported_invalid(tmp_path: Path, capsys: pytest.Captu
 
 def test_broken_carvq_file_is_reported_invalid(tmp_path: Path) -> None:
     state = make_random_state()
-    path = write_state(tmp_path / "v3.gguf", state, set_keys={"carvq.version": (3, GGUFValueType.UINT32)})
+    path = write_state(tmp_path / "v4.gguf", state, set_keys={"carvq.version": (4, GGUFValueType.UINT32)})
     report = inspect_file(path)
-    assert report["valid"] is False and "unsupported carvq.version 3" in report["reason"]
-    assert report["format_version"] == 3
+    assert report["valid"] is False and "unsupported carvq.version 4" in report["reason"]
+    assert report["format_version"] == 4
 
 
 def test_missing_output_head_is_invalid(tmp_path: Path) -> None:
@@ -98,4 +98,15 @@ def test_trellis_file_report_names_the_quantizer(tmp_path: Path) -> None:
     report = inspect_file(write_state(tmp_path / "t.gguf", state))
     assert report["format_version"] == 2 and report["settings"]["quantizer"] == "trellis"
     assert report["settings"]["trellis_groups"] == 3
-    assert "trellis         L=6 k=3 d=2 (1.5 bits per value), 3 tables" in format_report(report)
+    assert "trellis         L=6 k=3 d=2 (1.5 bits per value), 3 tables, 0 rows predicted" in format_report(report)
+
+
+def test_a_file_with_predicted_rows_reports_them_and_their_bits(tmp_path: Path) -> None:
+    from carvq_gguf.codec.state import TrellisConfig
+    from carvq_gguf.gguf.inspection import format_report
+
+    state = make_random_state(trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=3), predicted=20)
+    report = inspect_file(write_state(tmp_path / "p.gguf", state))
+    assert report["format_version"] == 3 and report["settings"]["predicted_rows"] == 20
+    assert report["components"]["prediction"]["bytes"] == (64 * 3 + 32 * 20 + 32 * 64) / 8
+    assert "3 tables, 20 rows predicted from related rows" in format_report(report)

@@ -16,7 +16,7 @@ import torch
 
 from ..atomic import atomic_output
 from ..errors import CarvqError
-from .state import AdaptorConfig, CarvqState, RvqConfig, TrellisCodes, TrellisConfig
+from .state import AdaptorConfig, CarvqState, RowPrediction, RvqConfig, TrellisCodes, TrellisConfig
 
 CODEC_FORMAT = "carvq-codec"
 CODEC_VERSION = 1
@@ -42,7 +42,8 @@ def save_codec(state: CarvqState, path: str | Path) -> None:
         "preset": state.preset,
         "trellis": None if state.trellis is None else {
             "config": asdict(state.trellis.config), "streams": state.trellis.streams,
-            "tables": state.trellis.tables, "columns": state.trellis.columns},
+            "tables": state.trellis.tables, "columns": state.trellis.columns,
+            "prediction": None if state.trellis.prediction is None else asdict(state.trellis.prediction)},
     }
     with atomic_output(Path(path)) as tmp:
         torch.save(payload, tmp)
@@ -65,9 +66,10 @@ def load_codec(path: str | Path) -> CarvqState:
         adaptor = dict(payload["adaptor"])
         adaptor["hidden_dims"] = tuple(adaptor["hidden_dims"])
         coded = payload.get("trellis")
+        predicted = None if coded is None else coded.get("prediction")
         trellis = None if coded is None else TrellisCodes(
             config=TrellisConfig(**coded["config"]), streams=coded["streams"], tables=coded["tables"],
-            columns=coded["columns"])
+            columns=coded["columns"], prediction=None if predicted is None else RowPrediction(**predicted))
         state = CarvqState(
             vocab_size=int(payload["vocab_size"]), embedding_dim=int(payload["embedding_dim"]),
             rvq=RvqConfig(**payload["rvq"]), adaptor=AdaptorConfig(**adaptor),

@@ -2,7 +2,7 @@
 
 The arithmetic mirrors docs/FORMAT.md "Decode", i.e. what llama.cpp computes: codebook values
 (F16) summed over levels in F32 (trellis codes: table value times column scale plus column
-mean, in F32); sigma0 F16 read as F32; every linear layer rounds its F32
+mean, in F32, and for a predicted row its multiple of the root's scaled values added); sigma0 F16 read as F32; every linear layer rounds its F32
 input to F16, multiplies by the F16 weight with F32 accumulation and adds the F32 bias;
 LayerNorm in F32 (normalize, then * weight + bias); ReLU; then the F16 correction rows.
 """
@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import CarvqError
 from . import trellis
 from .rvq import decode
-from .state import CarvqState, TrellisCodes
+from .state import CarvqState, RowPrediction, TrellisCodes
 
 
 class CarvqEmbedding(nn.Module):
@@ -42,6 +42,10 @@ class CarvqEmbedding(nn.Module):
         for part in ("streams", "tables", "columns"):
             self.register_buffer(f"trellis_{part}",
                                  None if state.trellis is None else getattr(state.trellis, part).clone())
+        prediction = None if state.trellis is None else state.trellis.prediction
+        self.prediction_scale_step = None if prediction is None else prediction.scale_step
+        for part in ("rows", "roots", "scale_codes", "columns"):
+            self.register_buffer(f"prediction_{part}", None if prediction is None else getattr(prediction, part).clone())
         self.register_buffer("sigma0", None if state.sigma0 is None else state.sigma0.clone())
         self.n_linears, self.n_norms = len(state.linears), len(state.norms)
         for i, (w, b) in enumerate(state.linears):
@@ -101,7 +105,12 @@ class CarvqEmbedding(nn.Module):
         """The trellis codes held in this module's buffers (not copies); None for RVQ codes."""
         if self.trellis_config is None:
             return None
-        return TrellisCodes(self.trellis_config, self.trellis_streams, self.trellis_tables, self.trellis_columns)
+        prediction = None
+        if self.prediction_scale_step is not None:
+            prediction = RowPrediction(self.prediction_rows, self.prediction_roots, self.prediction_scale_codes,
+                                       self.prediction_scale_step, self.prediction_columns)
+        return TrellisCodes(self.trellis_config, self.trellis_streams, self.trellis_tables, self.trellis_columns,
+                            prediction)
 
     def codes_part(self, ids: torch.Tensor) -> torch.Tensor:
         """What the codes decode to (RVQ or trellis) for flat ids [T] -> float32 [T, n]."""

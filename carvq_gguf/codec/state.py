@@ -21,6 +21,12 @@ codebooks (T = n / d steps, B = TrellisConfig.stream_bytes(n), G tables of 2^L e
     streams    uint8   [V, B]        each row's bit stream, k bits per step
     tables     float16 [G, 2^L, d]   the trellis tables, one per run of consecutive steps
     columns    float16 [2, n]        per-column scale (row 0) and mean (row 1)
+and, when some rows are predicted from a related row (docs/FORMAT.md "Predicted rows"), a
+RowPrediction (P predicted rows):
+    rows         int32   [P]     the predicted rows, sorted, unique
+    roots        int32   [P]     each one's root, a row that is not itself predicted
+    scale_codes  int8    [P]     the root's multiple, in steps of scale_step
+    columns      float16 [2, n]  the leftovers' column scale and mean
 
 embedding(t) = rvq_decode(t) (or trellis_decode(t)) + adaptor(t)
                + (correction_rows[j] if correction_ids[j] == t).
@@ -144,14 +150,59 @@ class TrellisConfig:
                              f"got {self.groups}")
 
 
+MAX_PREDICTED_VOCAB = 1 << 24  # a root id takes the low 24 bits of a 32-bit word in the file
+
+
+@dataclass
+class RowPrediction:
+    """Rows coded from a related row (codec/prediction.py): row rows[j] decodes as
+    scale_step * scale_codes[j] times the trellis decode of row roots[j] without the column mean,
+    plus its own stream decoded with these columns (the leftovers' scale and mean)."""
+
+    rows: torch.Tensor
+    roots: torch.Tensor
+    scale_codes: torch.Tensor
+    scale_step: float
+    columns: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """P, the predicted rows."""
+        return int(self.rows.numel())
+
+    def check(self, vocab_size: int, embedding_dim: int) -> None:
+        """Raise CarvqError unless the rows are sorted, unique and in range, every root is an
+        unpredicted row, and the tensors have their stored shapes and dtypes."""
+        P = self.count
+        _expect(self.rows, "predicted rows", (P,), torch.int32)
+        _expect(self.roots, "prediction roots", (P,), torch.int32)
+        _expect(self.scale_codes, "prediction scale codes", (P,), torch.int8)
+        _expect(self.columns, "prediction columns", (2, embedding_dim), torch.float16)
+        if not 1 <= P < vocab_size:
+            raise CarvqError(f"{P} predicted rows for a vocabulary of {vocab_size} (must be 1..V-1)")
+        if vocab_size > MAX_PREDICTED_VOCAB:
+            raise CarvqError(f"rows of a vocabulary over {MAX_PREDICTED_VOCAB} cannot be predicted")
+        if not (math.isfinite(self.scale_step) and self.scale_step > 0):
+            raise CarvqError(f"the prediction scale step must be finite and > 0, got {self.scale_step}")
+        rows, roots = self.rows.long(), self.roots.long()
+        if int(rows.min()) < 0 or int(rows.max()) >= vocab_size or bool((rows[1:] <= rows[:-1]).any()):
+            raise CarvqError(f"predicted rows must be sorted, unique and in [0, {vocab_size})")
+        if int(roots.min()) < 0 or int(roots.max()) >= vocab_size:
+            raise CarvqError(f"prediction roots must lie in [0, {vocab_size})")
+        if bool(torch.isin(roots, rows).any()):
+            raise CarvqError("a prediction root is itself a predicted row")
+
+
 @dataclass
 class TrellisCodes:
-    """A matrix coded by a bitshift trellis (codec/trellis.py): the streams, tables and columns."""
+    """A matrix coded by a bitshift trellis (codec/trellis.py): the streams, tables and columns,
+    and the predicted rows if any."""
 
     config: TrellisConfig
     streams: torch.Tensor
     tables: torch.Tensor
     columns: torch.Tensor
+    prediction: RowPrediction | None = None
 
     def check(self, vocab_size: int, embedding_dim: int) -> None:
         """Raise CarvqError if a tensor disagrees with the configuration."""
@@ -160,6 +211,8 @@ class TrellisCodes:
         _expect(self.streams, "trellis streams", (vocab_size, c.stream_bytes(embedding_dim)), torch.uint8)
         _expect(self.tables, "trellis tables", (c.groups, c.table_size, c.step_dim), torch.float16)
         _expect(self.columns, "trellis columns", (2, embedding_dim), torch.float16)
+        if self.prediction is not None:
+            self.prediction.check(vocab_size, embedding_dim)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ scale and back, and takes per-column weights that say what an error costs.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from tqdm import tqdm
 
 from ..errors import CarvqError
-from .state import TrellisCodes, TrellisConfig
+from .state import RowPrediction, TrellisCodes, TrellisConfig
 
 
 def viterbi(points: torch.Tensor, col_weights: torch.Tensor, step_tables: torch.Tensor,
@@ -107,16 +109,42 @@ def unpack_states(streams: torch.Tensor, steps: int, cfg: TrellisConfig) -> torc
     return states & (cfg.table_size - 1)
 
 
-def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
-    """Rows float32 [len(ids), n] of flat token ids, computed as the op does: table value times
-    the column's scale, plus its mean, in F32."""
+def table_values(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
+    """The table values float32 [len(ids), n] that the streams of rows ids walk to, before the
+    column scale and mean."""
     cfg = codes.config
     n = codes.columns.shape[1]
-    T = cfg.n_steps(n)
-    states = unpack_states(codes.streams[ids], T, cfg)
-    values = codes.tables.float()[cfg.group_index(n), states].reshape(ids.shape[0], n)
+    states = unpack_states(codes.streams[ids], cfg.n_steps(n), cfg)
+    return codes.tables.float()[cfg.group_index(n), states].reshape(ids.shape[0], n)
+
+
+def predicted_slots(prediction: RowPrediction, ids: torch.Tensor) -> torch.Tensor:
+    """For each of the flat ids, its index in prediction.rows, or -1 when it is not predicted."""
+    rows = prediction.rows.long()
+    slot = torch.searchsorted(rows, ids).clamp_max(rows.numel() - 1)
+    return torch.where(rows[slot] == ids, slot, -1)
+
+
+def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
+    """Rows float32 [len(ids), n] of flat token ids, computed as the op does: table value times
+    the column's scale, plus its mean, in F32; a predicted row (docs/FORMAT.md "Predicted rows")
+    adds its multiple of its root's scaled table values to its own values decoded with the
+    leftovers' columns."""
+    values = table_values(codes, ids)
     scale, mean = codes.columns.float()
-    return values * scale + mean
+    out = values * scale + mean
+    p = codes.prediction
+    if p is None:
+        return out
+    slot = predicted_slots(p, ids)
+    hit = (slot >= 0).nonzero()[:, 0]
+    if hit.numel() == 0:
+        return out
+    j = slot[hit]
+    multiple = p.scale_step * p.scale_codes[j].float()
+    root = multiple[:, None] * table_values(codes, p.roots[j].long()) * scale  # (u * c) * value * scale, as the op
+    own_scale, own_mean = p.columns.float()
+    return out.index_put((hit,), values[hit] * own_scale + own_mean + root)
 
 
 def restore_norm(codes: TrellisCodes, matrix: torch.Tensor, rows: torch.Tensor, chunk: int = 16384) -> TrellisCodes:
@@ -136,7 +164,7 @@ def restore_norm(codes: TrellisCodes, matrix: torch.Tensor, rows: torch.Tensor, 
     if not decoded > 0:
         return codes
     columns = (codes.columns.float() * (original / decoded)).half()
-    return TrellisCodes(config=codes.config, streams=codes.streams, tables=codes.tables, columns=columns)
+    return replace(codes, columns=columns)
 
 
 def fit_trellis(matrix: torch.Tensor, cfg: TrellisConfig, sample_ids: torch.Tensor, sample_weights: torch.Tensor,

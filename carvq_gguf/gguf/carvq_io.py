@@ -17,14 +17,17 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
 from ..codec.packing import pack_codes, unpack_codes
-from ..codec.state import GROUP_LAYOUTS, AdaptorConfig, CarvqState, RvqConfig, TrellisCodes, TrellisConfig
+from ..codec.state import (GROUP_LAYOUTS, MAX_PREDICTED_VOCAB, AdaptorConfig, CarvqState, RowPrediction, RvqConfig,
+                           TrellisCodes, TrellisConfig)
 from ..errors import CarvqError
 from .names import (ACTIVATIONS, FORMAT_VERSION, KEY_ACTIVATION, KEY_CODEBOOK_BITS,
                     KEY_CORRECTION_ROWS, KEY_EMBEDDING_LENGTH, KEY_GROUP_LAYOUT, KEY_GROUP_SIZE,
-                    KEY_HIDDEN_DIMS, KEY_LEVELS, KEY_NORM_EPS, KEY_PRESET, KEY_QUANTIZER, KEY_SUBVECTOR_DIM,
+                    KEY_HIDDEN_DIMS, KEY_LEVELS, KEY_NORM_EPS, KEY_PREDICTION_ROWS, KEY_PREDICTION_SCALE_STEP,
+                    KEY_PRESET, KEY_QUANTIZER, KEY_SUBVECTOR_DIM, PREDICTION_FORMAT_VERSION,
                     KEY_TABLE_DIM, KEY_TRELLIS_GROUPS, KEY_TRELLIS_STATE_BITS, KEY_TRELLIS_STEP_BITS,
                     KEY_TRELLIS_STEP_DIM, KEY_VERSION, KEY_VOCAB_SIZE, QUANTIZERS, TENSOR_CODEBOOKS, TENSOR_CODES,
-                    TENSOR_CORR_IDS, TENSOR_CORR_ROWS, TENSOR_PREFIX, TENSOR_SIGMA0, TENSOR_TRELLIS_CODES,
+                    TENSOR_CORR_IDS, TENSOR_CORR_ROWS, TENSOR_PRED_COLUMNS, TENSOR_PRED_MAP, TENSOR_PRED_REFS,
+                    TENSOR_PREFIX, TENSOR_SIGMA0, TENSOR_TRELLIS_CODES,
                     TENSOR_TRELLIS_COLUMNS, TENSOR_TRELLIS_TABLES, TOKEN_EMBD, TRELLIS_FORMAT_VERSION,
                     mlp_bias_name, mlp_weight_name, norm_bias_name, norm_weight_name)
 
@@ -55,6 +58,13 @@ def carvq_tensors(state: CarvqState) -> list[tuple[str, np.ndarray]]:
             (TENSOR_TRELLIS_TABLES, state.trellis.tables.numpy()),
             (TENSOR_TRELLIS_COLUMNS, state.trellis.columns.numpy()),
         ]
+        p = state.trellis.prediction
+        if p is not None:
+            out += [
+                (TENSOR_PRED_MAP, prediction_map(p.rows, state.vocab_size)),
+                (TENSOR_PRED_REFS, prediction_words(p.roots, p.scale_codes)),
+                (TENSOR_PRED_COLUMNS, p.columns.numpy()),
+            ]
     if state.adaptor.enabled:
         assert state.sigma0 is not None
         out.append((TENSOR_SIGMA0, state.sigma0.numpy()))
@@ -71,11 +81,36 @@ def carvq_tensors(state: CarvqState) -> list[tuple[str, np.ndarray]]:
     return [(name, np.ascontiguousarray(arr)) for name, arr in out]
 
 
+def _format_version(state: CarvqState) -> int:
+    """The oldest carvq.version that holds state, so older runtimes read what they can."""
+    if state.trellis is None:
+        return FORMAT_VERSION
+    return TRELLIS_FORMAT_VERSION if state.trellis.prediction is None else PREDICTION_FORMAT_VERSION
+
+
+def prediction_map(rows: torch.Tensor, vocab_size: int) -> np.ndarray:
+    """int32 [ceil(V / 32), 2] (ggml ne [2, ceil(V / 32)]): per block of 32 rows the bit mask of
+    its predicted rows and the count of predicted rows in the blocks before it."""
+    blocks = -(-vocab_size // 32)
+    bits = np.zeros(blocks * 32, dtype=np.uint64)
+    bits[rows.long().numpy()] = 1
+    masks = (bits.reshape(blocks, 32) << np.arange(32, dtype=np.uint64)).sum(1).astype(np.uint32)
+    counts = bits.reshape(blocks, 32).sum(1).astype(np.uint32)
+    ranks = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint32)
+    return np.stack([masks, ranks], axis=1).view(np.int32)
+
+
+def prediction_words(roots: torch.Tensor, scale_codes: torch.Tensor) -> np.ndarray:
+    """int32 [P]: each root id in bits 0-23 and its int8 scale code in bits 24-31."""
+    words = roots.numpy().astype(np.uint32) | (scale_codes.numpy().view(np.uint8).astype(np.uint32) << 24)
+    return words.view(np.int32)
+
+
 def add_carvq_metadata(writer: GGUFWriter, state: CarvqState) -> None:
     """Add every carvq.* key describing state to writer (in the order FORMAT.md lists them)."""
     state.check()
     r, a, t = state.rvq, state.adaptor, state.trellis
-    writer.add_uint32(KEY_VERSION, FORMAT_VERSION if t is None else TRELLIS_FORMAT_VERSION)
+    writer.add_uint32(KEY_VERSION, _format_version(state))
     if t is not None:
         writer.add_string(KEY_QUANTIZER, state.quantizer)
     writer.add_uint32(KEY_VOCAB_SIZE, state.vocab_size)
@@ -91,6 +126,9 @@ def add_carvq_metadata(writer: GGUFWriter, state: CarvqState) -> None:
         writer.add_uint32(KEY_TRELLIS_STEP_BITS, t.config.step_bits)
         writer.add_uint32(KEY_TRELLIS_STEP_DIM, t.config.step_dim)
         writer.add_uint32(KEY_TRELLIS_GROUPS, t.config.groups)
+        if t.prediction is not None:
+            writer.add_uint32(KEY_PREDICTION_ROWS, t.prediction.count)
+            writer.add_float32(KEY_PREDICTION_SCALE_STEP, t.prediction.scale_step)
     writer.add_uint32(KEY_TABLE_DIM, a.table_dim)
     if a.enabled:
         if a.hidden_dims:  # gguf cannot store an empty array: absent means no hidden layer
@@ -160,9 +198,10 @@ def read_format_version(reader: GGUFReader) -> int:
     if not is_carvq(reader):
         raise CarvqError(f"not a CARVQ-GGUF: metadata key {KEY_VERSION} missing")
     version = int(_scalar(reader, KEY_VERSION, GGUFValueType.UINT32))
-    if version not in (FORMAT_VERSION, TRELLIS_FORMAT_VERSION):
-        raise CarvqError(f"unsupported {KEY_VERSION} {version}: this reader knows versions {FORMAT_VERSION} and "
-                         f"{TRELLIS_FORMAT_VERSION}")
+    known = (FORMAT_VERSION, TRELLIS_FORMAT_VERSION, PREDICTION_FORMAT_VERSION)
+    if version not in known:
+        raise CarvqError(f"unsupported {KEY_VERSION} {version}: this reader knows versions "
+                         f"{', '.join(map(str, known))}")
     return version
 
 
@@ -176,7 +215,62 @@ def read_quantizer(reader: GGUFReader) -> str:
     quantizer = str(_scalar(reader, KEY_QUANTIZER, GGUFValueType.STRING))
     if quantizer not in QUANTIZERS:
         raise CarvqError(f"{KEY_QUANTIZER} is {quantizer!r}, expected one of {QUANTIZERS}")
+    if version == PREDICTION_FORMAT_VERSION and quantizer != "trellis":
+        raise CarvqError(f"{KEY_VERSION} {version} needs {KEY_QUANTIZER} 'trellis', got {quantizer!r}")
     return quantizer
+
+
+def _read_prediction_keys(reader: GGUFReader, V: int) -> tuple[int, float] | None:
+    """(P, scale step) of a version 3 file, checked; None for older versions, which must not
+    carry the keys."""
+    keys = (KEY_PREDICTION_ROWS, KEY_PREDICTION_SCALE_STEP)
+    if read_format_version(reader) != PREDICTION_FORMAT_VERSION:
+        stray = [key for key in keys if reader.get_field(key) is not None]
+        if stray:
+            raise CarvqError(f"{stray} are keys of {KEY_VERSION} {PREDICTION_FORMAT_VERSION} only")
+        return None
+    P = int(_scalar(reader, KEY_PREDICTION_ROWS, GGUFValueType.UINT32))
+    step = _float32_value(_scalar(reader, KEY_PREDICTION_SCALE_STEP, GGUFValueType.FLOAT32))
+    if V > MAX_PREDICTED_VOCAB:
+        raise CarvqError(f"a vocabulary of {V} rows is over the {MAX_PREDICTED_VOCAB} whose rows can be predicted")
+    if not 1 <= P < V:
+        raise CarvqError(f"{KEY_PREDICTION_ROWS} = {P} must be 1..{V - 1}")
+    if not (np.isfinite(step) and step > 0):
+        raise CarvqError(f"{KEY_PREDICTION_SCALE_STEP} must be finite and > 0, got {step}")
+    return P, step
+
+
+def read_prediction(map_words: np.ndarray, ref_words: np.ndarray, V: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
+    """(rows, roots, scale codes) of the prediction tensors, map int32 [ceil(V/32), 2] and refs
+    int32 [P]; CarvqError naming the first thing that breaks docs/FORMAT.md "Predicted rows"."""
+    words = map_words.view(np.uint32).astype(np.int64)
+    masks, ranks = words[:, 0], words[:, 1]
+    bits = ((masks[:, None] >> np.arange(32)) & 1).reshape(-1)
+    if bits[V:].any():
+        raise CarvqError(f"{TENSOR_PRED_MAP} marks row {int(np.flatnonzero(bits[V:])[0]) + V} >= V = {V}")
+    counts = bits.reshape(-1, 32).sum(1)
+    expected = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    bad = np.flatnonzero(ranks != expected)
+    if bad.size:
+        b = int(bad[0])
+        raise CarvqError(f"{TENSOR_PRED_MAP} block {b} counts {int(ranks[b])} predicted rows before it, "
+                         f"its masks say {int(expected[b])}")
+    if int(counts.sum()) != ref_words.size:
+        raise CarvqError(f"{TENSOR_PRED_MAP} marks {int(counts.sum())} predicted rows, {KEY_PREDICTION_ROWS} "
+                         f"says {ref_words.size}")
+    rows = np.flatnonzero(bits)
+    refs = ref_words.view(np.uint32)
+    roots = (refs & 0xFFFFFF).astype(np.int64)
+    if roots.size and int(roots.max()) >= V:
+        raise CarvqError(f"{TENSOR_PRED_REFS} holds root {int(roots.max())} >= V = {V}")
+    predicted_roots = np.flatnonzero(bits[roots] == 1) if roots.size else roots
+    if predicted_roots.size:
+        j = int(predicted_roots[0])
+        raise CarvqError(f"row {int(rows[j])} is predicted from row {int(roots[j])}, which is itself predicted")
+    codes = (refs >> 24).astype(np.uint8).view(np.int8)
+    return (torch.from_numpy(rows.astype(np.int32)), torch.from_numpy(roots.astype(np.int32)),
+            torch.from_numpy(codes.copy()))
 
 
 def _read_rvq(reader: GGUFReader, n: int) -> RvqConfig:
@@ -248,7 +342,8 @@ def read_configs(reader: GGUFReader) -> tuple[int, int, RvqConfig, AdaptorConfig
 
 
 def expected_tensors(V: int, n: int, rvq: RvqConfig, adaptor: AdaptorConfig, R: int,
-                     trellis: TrellisConfig | None = None) -> dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]:
+                     trellis: TrellisConfig | None = None,
+                     n_predicted: int = 0) -> dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]:
     """Every carvq_* tensor the settings call for: name -> (ggml type, ne)."""
     out: dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]]
     if trellis is None:
@@ -263,6 +358,10 @@ def expected_tensors(V: int, n: int, rvq: RvqConfig, adaptor: AdaptorConfig, R: 
             TENSOR_TRELLIS_TABLES: (_F16, (trellis.step_dim, trellis.table_size, trellis.groups)),
             TENSOR_TRELLIS_COLUMNS: (_F16, (n, 2)),
         }
+        if n_predicted:
+            out[TENSOR_PRED_MAP] = (_I32, (2, -(-V // 32)))
+            out[TENSOR_PRED_REFS] = (_I32, (n_predicted,))
+            out[TENSOR_PRED_COLUMNS] = (_F16, (n, 2))
     if adaptor.enabled:
         out[TENSOR_SIGMA0] = (_F16, (adaptor.table_dim, V))
         layer_dims = adaptor.layer_dims(n)
@@ -306,7 +405,9 @@ def _torch(reader_tensors: dict[str, Any], name: str) -> torch.Tensor:
 def read_carvq_state(reader: GGUFReader) -> CarvqState:
     """Read and fully validate the CarvqState stored in an open GGUF file."""
     V, n, rvq, adaptor, R, preset, trellis = read_configs(reader)
-    _check_tensor_set(reader, expected_tensors(V, n, rvq, adaptor, R, trellis))
+    prediction_keys = _read_prediction_keys(reader, V)
+    P = 0 if prediction_keys is None else prediction_keys[0]
+    _check_tensor_set(reader, expected_tensors(V, n, rvq, adaptor, R, trellis, P))
     tensors = {t.name: t for t in reader.tensors}
     if trellis is None:
         packed = _torch(tensors, TENSOR_CODES).view(torch.uint8)
@@ -318,9 +419,15 @@ def read_carvq_state(reader: GGUFReader) -> CarvqState:
         state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor, codes=codes,
                            codebooks=_torch(tensors, TENSOR_CODEBOOKS), preset=preset)
     else:  # every bit pattern of a stream is a path: nothing to range-check
+        prediction = None
+        if prediction_keys is not None:
+            rows, roots, scale_codes = read_prediction(np.asarray(tensors[TENSOR_PRED_MAP].data),
+                                                       np.asarray(tensors[TENSOR_PRED_REFS].data), V)
+            prediction = RowPrediction(rows=rows, roots=roots, scale_codes=scale_codes,
+                                       scale_step=prediction_keys[1], columns=_torch(tensors, TENSOR_PRED_COLUMNS))
         codes = TrellisCodes(config=trellis, streams=_torch(tensors, TENSOR_TRELLIS_CODES).view(torch.uint8),
                              tables=_torch(tensors, TENSOR_TRELLIS_TABLES),
-                             columns=_torch(tensors, TENSOR_TRELLIS_COLUMNS))
+                             columns=_torch(tensors, TENSOR_TRELLIS_COLUMNS), prediction=prediction)
         state = CarvqState(vocab_size=V, embedding_dim=n, rvq=rvq, adaptor=adaptor, codes=None, codebooks=None,
                            preset=preset, trellis=codes)
     if adaptor.enabled:

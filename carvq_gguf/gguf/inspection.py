@@ -20,8 +20,10 @@ def _settings(state: Any) -> dict[str, Any]:
                  "codebooks_per_level": r.n_groups(state.vocab_size, state.embedding_dim)}
     else:
         c = state.trellis.config
+        p = state.trellis.prediction
         codes = {"trellis_state_bits": c.state_bits, "trellis_step_bits": c.step_bits,
-                 "trellis_step_dim": c.step_dim, "trellis_groups": c.groups}
+                 "trellis_step_dim": c.step_dim, "trellis_groups": c.groups,
+                 "predicted_rows": 0 if p is None else p.count}
     return {
         "vocab_size": state.vocab_size, "embedding_length": state.embedding_dim, "quantizer": state.quantizer,
         **codes,
@@ -96,7 +98,7 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             codes = (f"trellis         L={s['trellis_state_bits']} k={s['trellis_step_bits']} "
                      f"d={s['trellis_step_dim']} ({s['trellis_step_bits'] / s['trellis_step_dim']:g} bits per value), "
-                     f"{s['trellis_groups']} tables")
+                     f"{s['trellis_groups']} tables, {s['predicted_rows']} rows predicted from related rows")
         lines += [
             f"embedding       V={s['vocab_size']} x n={s['embedding_length']}",
             codes,
