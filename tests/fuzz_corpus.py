@@ -1,6 +1,7 @@
 """The fuzzing corpus: tiny CARVQ-GGUFs written by the converter's GGUF writer from a tiny random
 llama (converted by the pinned convert_hf_to_gguf.py), in both group layouts, with and without
-adaptor and correction rows, and 1 to 3 levels, and two trellis-coded files (format version 2)."""
+adaptor and correction rows, and 1 to 3 levels, two trellis-coded files (format version 2) and one
+with predicted rows (version 3)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ VARIANTS = {
     "trellis-adaptor-corr": dict(trellis=TrellisConfig(groups=4), table_dim=8, hidden_dims=(16,), n_corrections=3),
     "trellis-k8-corr": dict(trellis=TrellisConfig(state_bits=9, step_bits=8, step_dim=4, groups=3), table_dim=0,
                             n_corrections=2),
+    "trellis-predicted-corr": dict(trellis=TrellisConfig(groups=2), table_dim=0, n_corrections=2, predicted=40),
 }
 
 

@@ -2,8 +2,9 @@
 
 test-backend-ops compares a backend with the CPU backend's reference mode; the op is CPU-only, so
 the CPU backend is selected explicitly. In reference mode the kernel finds correction rows by a
-linear scan instead of the binary search and the two runs use different thread counts, so a
-search, row-split or bounds error shows as a mismatch (or a sanitizer report)."""
+linear scan instead of the binary search, a predicted row's word by counting mask bits from row 0
+instead of the map's block counts, and the two runs use different thread counts, so a search,
+index, row-split or bounds error shows as a mismatch (or a sanitizer report)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,16 @@ def test_backend_ops_get_rows_tcq(native_bin: Path) -> None:
     assert {p["n_corr"] for p in params} >= {"0", "5"}
     assert {p["r"] for p in params} >= {"1", "33", "257"}
     assert "320" in {p["T"] for p in params}
+
+    # predicted rows (ggml_get_rows_tcq_add_prediction): vocabularies around the map's blocks of 32 rows (1: a map
+    # that predicts none), one row, half and all but one predicted, with and without corrections, each trellis step
+    # width, one id and a batch; n_pred = -1 is a case without prediction
+    predicted = [p for p in params if p["n_pred"] != "-1"]
+    assert len(predicted) >= 150
+    assert {p["n_vocab"] for p in predicted} >= {"1", "31", "32", "33", "100", "257"}
+    assert {(p["n_vocab"], p["n_pred"]) for p in predicted} >= {("1", "0"), ("32", "1"), ("33", "16"), ("257", "256")}
+    assert {p["n_corr"] for p in predicted} >= {"0", "5"}
+    assert {p["k"] for p in predicted} >= {"1", "3", "5", "8"}
+    assert {p["r"] for p in predicted} >= {"1", "33", "257"}
+    assert "320" in {p["T"] for p in predicted}
+    assert any(p["n_pred"] == "-1" for p in params)

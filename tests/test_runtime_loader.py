@@ -103,7 +103,7 @@ def test_the_valid_file_loads(good: tuple[Path, Path]) -> None:
 
 
 BAD_CASES = {
-    "version": (lambda g: dict(keys={"carvq.version": (3, U32)}), "unsupported carvq.version 3"),
+    "version": (lambda g: dict(keys={"carvq.version": (4, U32)}), "unsupported carvq.version 4"),
     "vocab_size": (lambda g: dict(keys={"carvq.vocab_size": (7, U32)}), "does not match the model's vocab"),
     "subvector_dim": (lambda g: dict(keys={"carvq.subvector_dim": (5, U32)}), "even number of sub-vectors"),
     "codebook_bits": (lambda g: dict(keys={"carvq.codebook_bits": (5, U32)}), "codebook_bits must be 1..4"),
@@ -162,6 +162,77 @@ TRELLIS_BAD_CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def good_predicted(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny tied llama source, its valid CARVQ-GGUF with predicted rows, carvq.version 3)."""
+    source = tiny_base("llama")
+    V, n = vocab_and_width(source)
+    state = make_random_state(vocab_size=V, embedding_dim=n, table_dim=0, seed=9, trellis=TrellisConfig(groups=4),
+                              predicted=V // 3)
+    return source, write_carvq(source, state, tmp_path_factory.mktemp("good_predicted") / "carvq.gguf")
+
+
+def _map(g: Path, edit) -> np.ndarray:
+    words = tensor(g, "carvq_pred_map").view(np.uint32).copy()
+    edit(words)
+    return words.view(np.int32)
+
+
+def _refs(g: Path, edit) -> np.ndarray:
+    words = tensor(g, "carvq_pred_refs").view(np.uint32).copy()
+    edit(words)
+    return words.view(np.int32)
+
+
+def _a_predicted_row(g: Path) -> int:
+    words = tensor(g, "carvq_pred_map").view(np.uint32)
+    return int(np.flatnonzero((words[:, 0:1] >> np.arange(32, dtype=np.uint32)) & 1)[0])
+
+
+def _unpredicted_bit_of_last_block(g: Path) -> tuple[int, int]:
+    words = tensor(g, "carvq_pred_map").view(np.uint32)
+    V = int(next(f for f in GGUFReader(g).fields.values() if f.name == "carvq.vocab_size").contents())
+    last = words.shape[0] - 1
+    bit = next(i for i in range(32) if 32 * last + i < V and not (int(words[last, 0]) >> i) & 1)
+    return last, bit
+
+
+def _set_bit(block_bit: tuple[int, int]):
+    block, bit = block_bit
+    return lambda w: w.__setitem__((block, 0), w[block, 0] | np.uint32(1 << bit))
+
+
+# the same for predicted rows (carvq.version 3): keys, tensors, and the map and roots the op reads
+PREDICTED_BAD_CASES = {
+    "keys_in_v2": (lambda g: dict(keys={"carvq.version": (2, U32)}),
+                   "a carvq.version 2 file must not carry carvq.prediction.rows"),
+    "tensors_in_v2": (lambda g: dict(keys={"carvq.version": (2, U32), "carvq.prediction.rows": None,
+                                           "carvq.prediction.scale_step": None}),
+                      "a carvq.version 2 file must not carry the tensor carvq_pred_map"),
+    "rvq_v3": (lambda g: dict(keys={"carvq.quantizer": ("rvq", STR)}), "carvq.version 3 requires carvq.quantizer"),
+    "rows_zero": (lambda g: dict(keys={"carvq.prediction.rows": (0, U32)}), "prediction rows must be 1.."),
+    "scale_step_nan": (lambda g: dict(keys={"carvq.prediction.scale_step": (float("nan"), GGUFValueType.FLOAT32)}),
+                       "scale_step must be finite and > 0"),
+    "scale_step_negative": (lambda g: dict(keys={"carvq.prediction.scale_step": (-1.0, GGUFValueType.FLOAT32)}),
+                            "scale_step must be finite and > 0"),
+    "refs_shape": (lambda g: dict(tensors={"carvq_pred_refs": tensor(g, "carvq_pred_refs")[:-1].copy()}),
+                   "carvq_pred_refs"),
+    "map_type": (lambda g: dict(tensors={"carvq_pred_map": tensor(g, "carvq_pred_map").astype(np.float32)}),
+                 "carvq_pred_map' has type f32, expected i32"),
+    "missing_columns": (lambda g: dict(tensors={"carvq_pred_columns": None}), "carvq_pred_columns"),
+    "rank": (lambda g: dict(tensors={"carvq_pred_map": _map(g, lambda w: w.__setitem__((1, 1), w[1, 1] + 1))}),
+             "prediction map gives"),
+    "rank_negative": (lambda g: dict(tensors={"carvq_pred_map": _map(g, lambda w: w.__setitem__((0, 1), 2 ** 31))}),
+                      "prediction map gives"),
+    "count": (lambda g: dict(tensors={"carvq_pred_map": _map(g, _set_bit(_unpredicted_bit_of_last_block(g)))}),
+              "prediction map marks"),
+    "root_out_of_range": (lambda g: dict(tensors={"carvq_pred_refs": _refs(g, lambda w: w.__setitem__(
+        0, (w[0] & 0xFF000000) | 0xFFFFFF))}), "outside the vocab"),
+    "root_predicted": (lambda g: dict(tensors={"carvq_pred_refs": _refs(g, lambda w: w.__setitem__(
+        0, (w[0] & 0xFF000000) | _a_predicted_row(g)))}), "which is predicted itself"),
+}
+
+
 def _refused(source: Path, tmp_path: Path, case: str, edit, message: str) -> None:
     bad = rewrite(source, tmp_path / f"{case}.gguf", **edit(source))
     result = load_in_subprocess(bad)
@@ -179,6 +250,21 @@ def test_bad_files_are_refused_without_crashing(good: tuple[Path, Path], tmp_pat
 def test_bad_trellis_files_are_refused_without_crashing(good_trellis: tuple[Path, Path], tmp_path: Path,
                                                         case: str) -> None:
     _refused(good_trellis[1], tmp_path, case, *TRELLIS_BAD_CASES[case])
+
+
+@pytest.mark.parametrize("case", sorted(PREDICTED_BAD_CASES))
+def test_bad_predicted_row_files_are_refused_without_crashing(good_predicted: tuple[Path, Path], tmp_path: Path,
+                                                              case: str) -> None:
+    _refused(good_predicted[1], tmp_path, case, *PREDICTED_BAD_CASES[case])
+
+
+def test_the_valid_predicted_row_file_loads_and_decodes_every_row(good_predicted: tuple[Path, Path]) -> None:
+    from carvq_gguf.gguf.carvq_io import load_carvq_state
+
+    path = good_predicted[1]
+    state = load_carvq_state(path)
+    ids = list(range(state.vocab_size))
+    assert row_errors(embedding_rows(path, ids), CarvqEmbedding(state)(torch.tensor(ids)).numpy()).max() <= ROW_TOL
 
 
 def test_the_valid_trellis_file_loads(good_trellis: tuple[Path, Path]) -> None:

@@ -225,6 +225,10 @@ def row_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     dict(trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=1), table_dim=0, n_corrections=0),
     dict(trellis=TrellisConfig(state_bits=9, step_bits=8, step_dim=4, groups=5), table_dim=0, n_corrections=4),
     dict(trellis=TrellisConfig(state_bits=16, step_bits=1, step_dim=1, groups=64), table_dim=8, n_corrections=0),
+    dict(trellis=TrellisConfig(state_bits=10, step_bits=3, step_dim=2, groups=8), table_dim=0, n_corrections=3,
+         predicted=100),
+    dict(trellis=TrellisConfig(state_bits=9, step_bits=8, step_dim=4, groups=5), table_dim=8, n_corrections=0,
+         predicted=1),
 ], ids=lambda codec: "-".join(f"{k}={v}" for k, v in codec.items()))
 def test_every_row_of_a_tiny_model_matches_the_reference(tiny_base, tmp_path: Path, codec: dict) -> None:
     source = tiny_base("llama")
@@ -298,6 +302,14 @@ def test_tiny_models_with_trellis_codes_match_their_dense_decode_end_to_end(tiny
     V, n = vocab_and_width(source)
     state = make_random_state(vocab_size=V, embedding_dim=n, table_dim=0, seed=6, trellis=TrellisConfig(groups=4))
     _end_to_end(source, tmp_path, state, f"tiny {arch}, trellis", TINY_PROMPTS)
+
+
+def test_a_tiny_model_with_predicted_rows_matches_its_dense_decode_end_to_end(tiny_base, tmp_path: Path) -> None:
+    source = tiny_base("gemma3")
+    V, n = vocab_and_width(source)
+    state = make_random_state(vocab_size=V, embedding_dim=n, table_dim=0, seed=7, trellis=TrellisConfig(groups=4),
+                              predicted=V // 2)
+    _end_to_end(source, tmp_path, state, "tiny gemma3, predicted rows", TINY_PROMPTS)
 
 
 # SmolLM2 ships as Q4_1: its matrix products quantize activations to 8 bits, which turns the

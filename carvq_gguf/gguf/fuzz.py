@@ -249,9 +249,10 @@ def mutate_tensor_data(f: GgufFile, rng: random.Random) -> str:
         return "none"
     data = bytearray(t.data)
     if t.ggml_type == GGMLQuantizationType.I32 and len(data) >= 4:
-        # correction ids: out of range, negative, duplicated, unsorted
+        # correction ids, prediction map and refs: out of range, negative, duplicated, unsorted
         j = rng.randrange(len(data) // 4)
-        value = rng.choice((-1, -2 ** 31, 2 ** 31 - 1, 0, 1, 255, 256, 257, 2 ** 16, rng.getrandbits(31)))
+        value = rng.choice((-1, -2 ** 31, 2 ** 31 - 1, 0, 1, 255, 256, 257, 2 ** 16, 2 ** 24 - 1, 2 ** 24,
+                            rng.getrandbits(31)))
         struct.pack_into("<i", data, 4 * j, value)
     else:
         for _ in range(rng.choice((1, 1, 4, 64))):
