@@ -216,8 +216,10 @@ def test_report_note_says_what_each_preset_is_made_of() -> None:
     trellis = variants.recipe(random_state(table_dim=0, trellis=TrellisConfig(groups=2)), "carvq-1.6")
     assert trellis.startswith("trellis L=10 k=3 d=2 (1.5 bits per value), 2 tables")
     assert "paths searched under the diagonal of the model's Fisher" in trellis
-    assert trellis.endswith("tuned 60 steps on the model's KL (restarted at a lower rate if an early check finds "
-                            "the KL not lower), kept if the calibration KL fell")
+    assert trellis.endswith("0 rows predicted from a related row, tuned 45 steps on the model's KL (restarted at a "
+                            "lower rate if an early check finds the KL not lower), kept if the calibration KL fell")
+    predicted = variants.recipe(random_state(table_dim=0, trellis=TrellisConfig(groups=2), predicted=7), "carvq-1.6")
+    assert "3 correction rows, 7 rows predicted from a related row" in predicted
     rvq = variants.recipe(random_state(levels=3, table_dim=0), "carvq-1.6-rvq")
     assert rvq.startswith("RVQ L=3 K=16 h=8, codebooks per column") and "re-encoded 2 rounds" in rvq
     assert "tuned" not in variants.recipe(random_state(levels=3, table_dim=0), "rvq-1.6")

@@ -94,6 +94,51 @@ def test_tuning_a_trellis_codec_lowers_calibration_kl(tmp_path, monkeypatch):
     assert not torch.equal(tuned.trellis.columns, state.trellis.columns)
 
 
+def _family_tiny(tmp_path, monkeypatch):
+    """A tiny model whose embedding rows come in related pairs, the small trellis preset that
+    predicts rows, and its calibration ids and weights."""
+    from carvq_gguf.codec import presets
+    from carvq_gguf.codec.state import TrellisConfig
+    from test_codec_prediction import families
+
+    small = dataclasses.replace(presets.get_preset("carvq-2.0"), name="tcq-test",
+                                trellis=TrellisConfig(state_bits=6, step_bits=3, step_dim=2, groups=2))
+    monkeypatch.setitem(presets.PRESETS, "tcq-test", small)
+    model = _tiny(tmp_path)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(0.02 * families(8192, 64, noise=0.5))
+    g = torch.Generator().manual_seed(1)  # a long tail: most tokens read have no correction row
+    ids = torch.multinomial(torch.arange(1, 8193, dtype=torch.float).pow(-0.7), 2000, replacement=True, generator=g)
+    matrix = model.get_input_embeddings().weight.detach().clone()
+    return model, matrix, ids, token_weights(ids.tolist(), matrix.shape[0])
+
+
+def test_predicted_rows_are_chosen_by_the_calibration_kl_and_tuned_through(tmp_path, monkeypatch):
+    """Rows predicted from their related rows lower the calibration KL of the same fit without them;
+    the fit keeps them because it measures that, not a threshold read from a table; and tuning
+    then moves the leftovers' columns too."""
+    from carvq_gguf.hf.fit import choose_prediction
+    from carvq_gguf.hf.tune import probe_windows
+
+    model, matrix, ids, weights = _family_tiny(tmp_path, monkeypatch)
+    plain = compress_matrix(matrix, "tcq-test", weights, seed=0, progress=False, predict=False)
+    probe = probe_windows(ids, CONFIG)
+    best, tried = choose_prediction(model, plain, matrix, (0.25, 1.5), probe, weights, progress=False)
+    assert set(tried) == {"none", "cos2>=0.25"}  # nothing is related that closely at 1.5
+    assert best.trellis.prediction is not None and tried["cos2>=0.25"] < tried["none"]
+    before = _kl(model, CarvqEmbedding(plain).decode_all(), ids)
+    after = _kl(model, CarvqEmbedding(best).decode_all(), ids)
+    assert after < before, (before, after)
+    unchanged, tried = choose_prediction(model, plain, matrix, (1.5,), probe, weights, progress=False)
+    assert unchanged is plain and set(tried) == {"none"}
+
+    tuned, stats = tune_codec(model, best, matrix, ids, weights, CONFIG, progress=False)
+    assert stats["kept"] and stats["kl_end"] < stats["kl_start"]
+    p, q = best.trellis.prediction, tuned.trellis.prediction
+    assert torch.equal(q.rows, p.rows) and torch.equal(q.scale_codes, p.scale_codes) and q.scale_step == p.scale_step
+    assert q.columns.dtype == torch.float16 and not torch.equal(q.columns, p.columns)
+
+
 def test_tuning_is_deterministic_for_a_seed(tmp_path):
     model = _tiny(tmp_path)
     ids = _calib_ids()

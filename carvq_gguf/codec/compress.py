@@ -12,15 +12,18 @@ without a correction row back their mean norm (trellis.restore_norm).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from . import rvq, trellis
+from . import prediction, rvq, trellis
 from .adaptor import train_adaptor
+from .bits import prediction_bits
 from .embedding import CarvqEmbedding
 from .metric import check_metric, damped, metric_refine
 from .presets import get_preset
 from ..errors import CarvqError
-from .state import CarvqState
+from .state import MAX_PREDICTED_VOCAB, CarvqState
 
 
 def check_matrix(matrix: torch.Tensor) -> None:
@@ -69,7 +72,7 @@ def fit_sample(weights: torch.Tensor | None, vocab_size: int, count: int,
 
 def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tensor | None = None,
                     seed: int = 0, progress: bool = True, metric: torch.Tensor | None = None,
-                    metric_rounds: int | None = None) -> CarvqState:
+                    metric_rounds: int | None = None, predict: bool = True) -> CarvqState:
     """Compress matrix [V, n] with the named preset; deterministic for a seed.
 
     token_weights [V] (calibration frequencies, calib.token_weights) is used when the preset is
@@ -77,7 +80,9 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
     rows the codec fits worst. metric [n, n], the cost of a row error e as e metric e^T (the
     model's Fisher, hf/importance.embedding_fisher), makes the codes be re-encoded under it for
     metric_rounds rounds (None: the preset's; metric.metric_refine); without it the fit is to
-    the matrix alone. Returns a checked state in stored dtypes.
+    the matrix alone. With predict, a preset that predicts rows (TrainConfig.prediction) has the
+    rows related closely enough by its first threshold predicted (add_prediction). Returns a
+    checked state in stored dtypes.
     """
     check_matrix(matrix)
     matrix = matrix.detach().to(torch.float32).cpu()
@@ -105,7 +110,7 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
         col_weights = None
         if use_metric:
             check_metric(metric, n, resolved.rvq)
-            col_weights = damped(metric.detach().cpu(), METRIC_DAMP).diagonal().float()
+            col_weights = column_weights(metric)
         ids, sample_weights = fit_sample(fit_weights, V, TRELLIS_FIT_ROWS, seed)
         state = CarvqState(vocab_size=V, embedding_dim=n, rvq=resolved.rvq, adaptor=resolved.adaptor, codes=None,
                            codebooks=None, preset=preset,
@@ -141,14 +146,64 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
         state.correction_ids = corr_ids
         state.correction_rows = (matrix[ids] - decoded[ids]).to(torch.float16).contiguous()
     state.check()
+    if predict and train.prediction and state.trellis is not None:
+        state = add_prediction(state, matrix, train.prediction[0], prediction.nearest_rows(matrix, progress=progress),
+                               correction_importance(state, matrix, weights), col_weights, progress=progress)
     return state
+
+
+def column_weights(metric: torch.Tensor) -> torch.Tensor:
+    """The cost of an error in each column [n] that trellis paths are searched under: the
+    diagonal of the model's damped Fisher metric [n, n]."""
+    return damped(metric.detach().cpu(), METRIC_DAMP).diagonal().float()
+
+
+def correction_importance(state: CarvqState, matrix: torch.Tensor, token_weights: torch.Tensor | None) -> torch.Tensor:
+    """What ranked state's correction rows [V]: the token weights when the fit had them, else
+    each row's decode error."""
+    if token_weights is not None:
+        return token_weights
+    return (matrix.float() - CarvqEmbedding(state).decode_all()).pow(2).sum(1)
+
+
+def add_prediction(state: CarvqState, matrix: torch.Tensor, min_cos2: float,
+                   neighbours: tuple[torch.Tensor, torch.Tensor], importance: torch.Tensor,
+                   col_weights: torch.Tensor | None = None, progress: bool = False) -> CarvqState:
+    """state (trellis-coded, no row predicted yet) with the rows whose nearest row has cos^2 >=
+    min_cos2 predicted from it (codec/prediction.py), paid for by the correction rows of least
+    importance [V], so the stored bits do not grow. Rows with a correction row are not
+    predicted. neighbours is prediction.nearest_rows(matrix). state itself when no row
+    qualifies or the correction rows cannot pay for one."""
+    t = state.trellis
+    if t is None or t.prediction is not None:
+        raise CarvqError("rows can be predicted only in a trellis codec without predicted rows")
+    V, n = state.vocab_size, state.embedding_dim
+    if V > MAX_PREDICTED_VOCAB:
+        return state
+    rows, roots, pair_cos = prediction.choose_roots(*neighbours, min_cos2, excluded=state.correction_ids)
+    row_bits = 16 * n + 32  # what one correction row costs
+    R = state.n_correction_rows
+    affordable = (R * row_bits - prediction_bits(V, n, 0 if rows.numel() == 0 else 1) + 32) // 32
+    if rows.numel() > affordable:  # the closest pairs first
+        keep = pair_cos.argsort(descending=True)[:max(affordable, 0)].sort().values
+        rows, roots = rows[keep], roots[keep]
+    if rows.numel() == 0:
+        return state
+    drop = -(-prediction_bits(V, n, rows.numel()) // row_bits)
+    by_importance = torch.argsort(-importance[state.correction_ids.long()].double(), stable=True)
+    rows_kept = torch.zeros(R, dtype=torch.bool)
+    rows_kept[by_importance[:R - drop]] = True
+    coded = prediction.predict_rows(t, matrix.detach().float().cpu(), rows, roots, col_weights, progress=progress)
+    out = replace(state, trellis=coded, correction_ids=state.correction_ids[rows_kept].contiguous(),
+                  correction_rows=None if state.correction_rows is None else
+                  state.correction_rows[rows_kept].contiguous())
+    out.check()
+    return out
 
 
 def rvq_only(state: CarvqState) -> CarvqState:
     """The same codec with the adaptor and correction rows removed (the codes-alone ablation,
     RVQ or trellis)."""
-    from dataclasses import replace
-
     out = CarvqState(vocab_size=state.vocab_size, embedding_dim=state.embedding_dim, rvq=state.rvq,
                      adaptor=replace(state.adaptor, table_dim=0, hidden_dims=()), codes=state.codes,
                      codebooks=state.codebooks, preset=state.preset + "/rvq-only", trellis=state.trellis)

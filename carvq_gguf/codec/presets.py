@@ -40,6 +40,10 @@ class TrainConfig:
     tune_steps: steps of end-to-end tuning after the k-means fit (hf/tune.py): codebooks and
               correction rows trained, codes fixed, to minimise the model's KL on the
               calibration text; 0 = fit to the matrix only. Needs the model and its tokenizer.
+    prediction: thresholds on cos^2 for predicting a trellis row from its nearest row
+              (codec/prediction.py), paid for by correction rows. With the model in the loop
+              the fit keeps whichever (or none) gives the lowest calibration KL; without it, the
+              first. Empty: no row is predicted.
     """
 
     kmeans_iters: int = 15
@@ -51,6 +55,7 @@ class TrainConfig:
     refine_rounds: int = 3
     metric_rounds: int = 0
     tune_steps: int = 0
+    prediction: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,16 +133,19 @@ _PAPER_TRAIN = TrainConfig(weighted=False, refine_rounds=0)
 # tuning (hf/tune.py). Measured on SmolLM2 and Gemma 3 270M (docs/EXPERIMENTS.md); these settings
 # keep the whole fit within 5 min (SmolLM2) and 30 min (Gemma 3) on 2 CPU cores.
 _TUNED = TrainConfig(metric_rounds=2, tune_steps=60)
+# The trellis presets also predict rows from related rows where the calibration KL says it pays; the
+# tuning's steps make room for that search in SmolLM2's 5 minutes.
+_PREDICTED = replace(_TUNED, prediction=(0.4,), tune_steps=45)
 
 _PRESETS = [
     # Rows coded by a bitshift trellis (codec/trellis.py) at k bits per 2 values: 1.0 bit per value
     # for carvq-1.2, 1.5 for carvq-1.6 and -2.0, 2.0 for carvq-2.4; the rest of each budget buys
     # correction rows. At 1.6 bpw it beats three 4-bit RVQ levels on text from another domain and is
     # level on text like the calibration, on SmolLM2 and Gemma 3 (docs/EXPERIMENTS.md).
-    Preset("carvq-1.2", 1.2, _column(2), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=2)),
-    Preset("carvq-1.6", 1.6, _column(3), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=3)),
-    Preset("carvq-2.0", 2.0, _column(3), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=3)),
-    Preset("carvq-2.4", 2.4, _column(4), _NO_ADAPTOR, _TUNED, trellis=TrellisConfig(step_bits=4)),
+    Preset("carvq-1.2", 1.2, _column(2), _NO_ADAPTOR, _PREDICTED, trellis=TrellisConfig(step_bits=2)),
+    Preset("carvq-1.6", 1.6, _column(3), _NO_ADAPTOR, _PREDICTED, trellis=TrellisConfig(step_bits=3)),
+    Preset("carvq-2.0", 2.0, _column(3), _NO_ADAPTOR, _PREDICTED, trellis=TrellisConfig(step_bits=3)),
+    Preset("carvq-2.4", 2.4, _column(4), _NO_ADAPTOR, _PREDICTED, trellis=TrellisConfig(step_bits=4)),
     # The same budget with three 4-bit RVQ levels per column instead of the trellis (format version 1,
     # which runtimes without the trellis patches read).
     Preset("carvq-1.6-rvq", 1.6, _column(3), _NO_ADAPTOR, _TUNED),

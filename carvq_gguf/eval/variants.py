@@ -146,6 +146,9 @@ def recipe(state, preset: str) -> str:
              f"adaptor {a.table_dim}->{'->'.join(str(d) for d in a.hidden_dims)}->{state.embedding_dim}"
              if a.enabled else "no adaptor",
              f"{state.n_correction_rows} correction rows"]
+    if state.trellis is not None and train.prediction:
+        p = state.trellis.prediction
+        parts.append(f"{0 if p is None else p.count} rows predicted from a related row")
     if train.refine_rounds and state.trellis is None:
         parts.insert(2, "refined by joint least squares + beam search")
     if train.metric_rounds:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..codec.compress import compress_matrix
+from ..codec.compress import add_prediction, column_weights, compress_matrix, correction_importance
+from ..codec.prediction import nearest_rows
 from ..codec.importance import token_weights
 from ..codec.presets import get_preset
 from ..codec.state import CarvqState
 from ..errors import CarvqError
-from .tune import TuneConfig, tune_codec
+from .tune import TuneConfig, codec_kl, probe_windows, tune_codec
 
 
 FISHER_WINDOWS = 32  # calibration windows of TuneConfig.window tokens for the embedding Fisher
@@ -118,14 +119,42 @@ def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: st
             metric = embedding_fisher(model, windows, config.kl_positions, seed=seed, progress=progress)
         stats["fisher_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-    state = compress_matrix(matrix, preset, weights, seed=seed, progress=progress, metric=metric, metric_rounds=rounds)
+    state = compress_matrix(matrix, preset, weights, seed=seed, progress=progress, metric=metric, metric_rounds=rounds,
+                            predict=False)
     stats["fit_seconds"] = time.perf_counter() - start
+    if train.prediction and state.trellis is not None:
+        start = time.perf_counter()
+        state, stats["prediction_kl"] = choose_prediction(
+            model, state, matrix, train.prediction, probe_windows(ids, config, bos),
+            correction_importance(state, matrix, weights), None if metric is None else column_weights(metric),
+            progress=progress)
+        stats["prediction_seconds"] = time.perf_counter() - start
     if config.steps > 0:
         start = time.perf_counter()
         state, tune_stats = tune_codec(model, state, matrix, ids, weights, config, seed=seed, bos=bos,
                                        progress=progress)
         stats.update(tune_stats, tune_seconds=time.perf_counter() - start)
     return Fit(state, weights, stats)
+
+
+def choose_prediction(model, state: CarvqState, matrix: torch.Tensor, thresholds: tuple[float, ...],
+                      probe: torch.Tensor, importance: torch.Tensor, col_weights: torch.Tensor | None = None,
+                      progress: bool = True) -> tuple[CarvqState, dict[str, float]]:
+    """state with rows predicted from their nearest rows (codec/compress.add_prediction) at
+    whichever of the cos^2 thresholds gives the lowest calibration KL on the windows probe, or
+    state as it is when none lowers it; returns (state, the KL of each candidate). How closely
+    related rows must be to pay depends on the model (docs/EXPERIMENTS.md), so the model decides."""
+    neighbours = nearest_rows(matrix, progress=progress)
+    best, best_kl = state, codec_kl(model, state, matrix, probe)
+    tried = {"none": best_kl}
+    for threshold in thresholds:
+        candidate = add_prediction(state, matrix, threshold, neighbours, importance, col_weights, progress=progress)
+        if candidate is state:
+            continue
+        kl = tried[f"cos2>={threshold:g}"] = codec_kl(model, candidate, matrix, probe)
+        if kl < best_kl:
+            best, best_kl = candidate, kl
+    return best, tried
 
 
 def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed: int = 0,
@@ -164,6 +193,9 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
                          progress=progress, rounds=rounds)
     stats = fit.stats
     parts = [f"fit of the codes {stats['fit_seconds']:.0f} s"]
+    if "prediction_kl" in stats:
+        tried = ", ".join(f"{name} {kl:.4f}" for name, kl in stats["prediction_kl"].items())
+        parts.append(f"predicted rows {stats['prediction_seconds']:.0f} s (calibration KL {tried})")
     if "fisher_seconds" in stats:
         parts.insert(0, f"the model's Fisher {stats['fisher_seconds']:.0f} s")
     if "skipped" in stats:

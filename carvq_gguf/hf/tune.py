@@ -17,7 +17,7 @@ lives with the model layer, not with the codec maths.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,9 @@ class _Decoder(torch.nn.Module):
         else:
             self.tables = torch.nn.Parameter(state.trellis.tables.to(torch.float32).clone())
             self.columns = torch.nn.Parameter(state.trellis.columns.to(torch.float32).clone())
+            predicted = state.trellis.prediction
+            self.prediction_columns = torch.nn.Parameter(
+                torch.zeros(2, n) if predicted is None else predicted.columns.to(torch.float32).clone())
         rows = state.correction_rows
         self.correction_rows = torch.nn.Parameter(
             torch.zeros(0, n) if rows is None else rows.to(torch.float32).clone())
@@ -97,13 +100,22 @@ class _Decoder(torch.nn.Module):
         if self.trellis is None:
             return [{"params": [self.codebooks, self.correction_rows], "lr": lr * rms}]
         scale = float(self.columns[0].detach().abs().mean())
+        own_scale = float(self.prediction_columns[0].detach().abs().mean())
         return [{"params": [self.tables], "lr": lr}, {"params": [self.columns], "lr": lr * scale},
+                {"params": [self.prediction_columns], "lr": lr * own_scale},
                 {"params": [self.correction_rows], "lr": lr * rms}]
+
+    def _trellis_codes(self) -> TrellisCodes:
+        """The codes with the trainable tables and columns (the predicted rows' references and
+        multiples fixed, as the streams are)."""
+        predicted = self.trellis.prediction
+        if predicted is not None:
+            predicted = replace(predicted, columns=self.prediction_columns)
+        return replace(self.trellis, tables=self.tables, columns=self.columns, prediction=predicted)
 
     def _codes_part(self, flat: torch.Tensor) -> torch.Tensor:
         if self.trellis is not None:  # the reference decode, on the trainable tables and columns
-            codes = TrellisCodes(self.trellis.config, self.trellis.streams, self.tables, self.columns)
-            return trellis.decode(codes, flat.cpu())
+            return trellis.decode(self._trellis_codes(), flat.cpu())
         codes, groups = self.codes[flat], self.groups[flat]  # [T, L, S], [T, S]
         out = sum(self.codebooks[level][groups, codes[:, level]] for level in range(codes.shape[1]))
         return out.reshape(flat.shape[0], -1)
@@ -119,8 +131,6 @@ class _Decoder(torch.nn.Module):
 
     def stored_state(self, state: CarvqState) -> CarvqState:
         """state with the tuned parameters rounded to their stored F16."""
-        from dataclasses import replace
-
         def f16(p: torch.Tensor) -> torch.Tensor:
             return p.detach().cpu().to(torch.float16).contiguous()
 
@@ -128,9 +138,12 @@ class _Decoder(torch.nn.Module):
         if state.trellis is None:
             out = replace(state, codebooks=f16(self.codebooks), correction_rows=rows)
         else:
+            predicted = state.trellis.prediction
+            if predicted is not None:
+                predicted = replace(predicted, columns=f16(self.prediction_columns))
             out = replace(state, correction_rows=rows,
-                          trellis=TrellisCodes(state.trellis.config, state.trellis.streams, f16(self.tables),
-                                               f16(self.columns)))
+                          trellis=replace(state.trellis, tables=f16(self.tables), columns=f16(self.columns),
+                                          prediction=predicted))
         out.check()
         return out
 
@@ -164,6 +177,28 @@ def spread_windows(windows: torch.Tensor, count: int) -> torch.Tensor:
     """count of windows [W, T] spread evenly over the text (all of them when W <= count)."""
     pick = torch.linspace(0, windows.shape[0] - 1, min(count, windows.shape[0])).round().long()
     return windows[pick.to(windows.device)]
+
+
+def probe_windows(token_ids: torch.Tensor, config: TuneConfig = TuneConfig(), bos: int | None = None) -> torch.Tensor:
+    """The config.eval_windows calibration windows [W, window] (inputs only), spread over the
+    text, on which a codec's calibration KL is measured."""
+    return spread_windows(calibration_windows(token_ids, config.window, bos), config.eval_windows)[:, :-1]
+
+
+def codec_kl(model, state: CarvqState, matrix: torch.Tensor, probe: torch.Tensor) -> float:
+    """Mean KL(original || codec) of the model's next-token distributions over the windows probe
+    [W, T], the model's input embedding matrix [V, n] replaced by state's decode."""
+    device = next(model.parameters()).device
+    scale = embed_scale(model)
+    probe = probe.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            decoded = _Decoder(state).to(device)(probe)
+            return float(_kl(model, decoded * scale, matrix.detach().to(device, torch.float32)[probe] * scale))
+    finally:
+        model.train(was_training)
 
 
 def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.Tensor,
@@ -200,7 +235,7 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     generator = torch.Generator().manual_seed(seed)
     rms = float(matrix.pow(2).mean().sqrt())
     energy = float((weights * matrix.pow(2).sum(1)).sum()) / V
-    probe = spread_windows(windows, config.eval_windows)[:, :-1]
+    probe = probe_windows(token_ids, config, bos).to(device)
 
     def probe_kl(decoder: _Decoder) -> float:
         with torch.no_grad():
