@@ -7,7 +7,9 @@ re-encoded under it, group by group -> adaptor on the RVQ residual -> correction
 RVQ + adaptor still miss on those tokens, in F16. A trellis preset replaces the RVQ steps by
 the trellis fit (codec/trellis.py): tables fitted on a weighted sample of rows, every row
 encoded by a Viterbi search under the metric's diagonal, then one scale that gives the rows
-without a correction row back their mean norm (trellis.restore_norm).
+without a correction row back their mean norm (trellis.restore_norm); then, where the preset asks,
+rows with a close relative are predicted from it (add_prediction, codec/prediction.py), paid for
+by the least important correction rows.
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ def compress_matrix(matrix: torch.Tensor, preset: str, token_weights: torch.Tens
 
     rounds = train.metric_rounds if metric_rounds is None else metric_rounds
     use_metric = metric is not None and rounds > 0
+    col_weights = None
     if resolved.trellis is not None:
-        col_weights = None
         if use_metric:
             check_metric(metric, n, resolved.rvq)
             col_weights = column_weights(metric)
