@@ -126,7 +126,8 @@ def predict_rows(codes: TrellisCodes, matrix: torch.Tensor, rows: torch.Tensor, 
     scale_codes = (multiple / step).round().clamp(-CODE_LIMIT, CODE_LIMIT).to(torch.int8)
     left = x[rows] - step * scale_codes.float()[:, None] * root
     own_mean = left.mean(0).half()
-    own_scale = (left - own_mean.float()).std(0).nan_to_num(1.0).clamp_min(2.0 ** -14).half()
+    spread = (left - own_mean.float()).std(0, correction=1 if left.shape[0] > 1 else 0)  # one row: no spread
+    own_scale = spread.clamp_min(2.0 ** -14).half()
     points = ((left - own_mean.float()) / own_scale.float()).reshape(-1, T, d)
     weights = torch.ones(n) if col_weights is None else col_weights.float()
     states = encode(points, (weights * own_scale.float().pow(2)).reshape(T, d), codes.tables.float(), cfg,
