@@ -185,7 +185,7 @@ def add_prediction(state: CarvqState, matrix: torch.Tensor, min_cos2: float,
     rows, roots, pair_cos = prediction.choose_roots(*neighbours, min_cos2, excluded=state.correction_ids)
     row_bits = 16 * n + 32  # what one correction row costs
     R = state.n_correction_rows
-    affordable = (R * row_bits - prediction_bits(V, n, 0 if rows.numel() == 0 else 1) + 32) // 32
+    affordable = (R * row_bits - (prediction_bits(V, n, 1) - 32)) // 32  # after the map and the leftovers' columns
     if rows.numel() > affordable:  # the closest pairs first
         keep = pair_cos.argsort(descending=True)[:max(affordable, 0)].sort().values
         rows, roots = rows[keep], roots[keep]

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .state import RowPrediction, TrellisCodes
-from .trellis import decode, encode, pack_states, table_values
+from .trellis import decode, encode, normalise, pack_states, search_weights, table_values
 
 NEIGHBOURS = 4  # partners considered per row
 EXACT_ROWS = 65536  # above this many rows, candidates come from a projection first
@@ -114,8 +114,6 @@ def predict_rows(codes: TrellisCodes, matrix: torch.Tensor, rows: torch.Tensor, 
         raise ValueError("codes already predict rows")
     cfg = codes.config
     x = matrix.float()
-    V, n = x.shape
-    T, d = cfg.n_steps(n), cfg.step_dim
     mu = x.mean(0)
     scale = codes.columns.float()[0]
     root = table_values(codes, roots) * scale  # the roots' decode without the column mean
@@ -125,13 +123,8 @@ def predict_rows(codes: TrellisCodes, matrix: torch.Tensor, rows: torch.Tensor, 
     step = float(np.float32(largest / CODE_LIMIT)) if largest > 0 else 1.0
     scale_codes = (multiple / step).round().clamp(-CODE_LIMIT, CODE_LIMIT).to(torch.int8)
     left = x[rows] - step * scale_codes.float()[:, None] * root
-    own_mean = left.mean(0).half()
-    spread = (left - own_mean.float()).std(0, correction=1 if left.shape[0] > 1 else 0)  # one row: no spread
-    own_scale = spread.clamp_min(2.0 ** -14).half()
-    points = ((left - own_mean.float()) / own_scale.float()).reshape(-1, T, d)
-    weights = torch.ones(n) if col_weights is None else col_weights.float()
-    states = encode(points, (weights * own_scale.float().pow(2)).reshape(T, d), codes.tables.float(), cfg,
-                    progress=progress)
+    points, own_scale, own_mean = normalise(left, cfg)
+    states = encode(points, search_weights(own_scale, col_weights, cfg), codes.tables.float(), cfg, progress=progress)
     streams = codes.streams.clone()
     streams[rows] = pack_states(states, cfg)
     prediction = RowPrediction(rows=rows.to(torch.int32), roots=roots.to(torch.int32), scale_codes=scale_codes,

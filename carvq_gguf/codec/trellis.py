@@ -174,15 +174,31 @@ def fit_trellis(matrix: torch.Tensor, cfg: TrellisConfig, sample_ids: torch.Tens
     sample_ids weighted by sample_weights under plain squared error, then every row encoded
     under col_weights [n] (the cost of an error in each column, e.g. the diagonal of the model's
     Fisher; None: plain squared error)."""
-    V, n = matrix.shape
-    cfg.validate(n)
-    T, d = cfg.n_steps(n), cfg.step_dim
-    mean = matrix.mean(0).half()
-    scale = (matrix - mean.float()).std(0).clamp_min(2.0 ** -14).half()  # F16 normals only
-    points = ((matrix - mean.float()) / scale.float()).reshape(V, T, d)
-    plain = scale.float().pow(2).reshape(T, d)
-    tables = fit_tables(points[sample_ids], sample_weights, plain, cfg, iters=iters, seed=seed, progress=progress)
-    weights = plain if col_weights is None else (col_weights.float() * scale.float().pow(2)).reshape(T, d)
-    states = encode(points, weights, tables, cfg, progress=progress)
+    cfg.validate(matrix.shape[1])
+    points, scale, mean = normalise(matrix, cfg)
+    tables = fit_tables(points[sample_ids], sample_weights, search_weights(scale, None, cfg), cfg, iters=iters,
+                        seed=seed, progress=progress)
+    states = encode(points, search_weights(scale, col_weights, cfg), tables, cfg, progress=progress)
     return TrellisCodes(config=cfg, streams=pack_states(states, cfg), tables=tables.half(),
                         columns=torch.stack([scale, mean]))
+
+
+def normalise(matrix: torch.Tensor, cfg: TrellisConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(points float32 [R, T, d], scale, mean): the rows of matrix [R, n] mapped per column to zero
+    mean and unit spread by an F16 scale and mean [n], as tables are fitted and paths searched.
+    One row has no spread; its scale is the floor."""
+    R, n = matrix.shape
+    mean = matrix.mean(0).half()
+    spread = (matrix - mean.float()).std(0, correction=1 if R > 1 else 0)
+    scale = spread.clamp_min(2.0 ** -14).half()  # F16 normals only
+    return ((matrix - mean.float()) / scale.float()).reshape(R, cfg.n_steps(n), cfg.step_dim), scale, mean
+
+
+def search_weights(scale: torch.Tensor, col_weights: torch.Tensor | None, cfg: TrellisConfig) -> torch.Tensor:
+    """Weights [T, d] for searching normalised values: the cost of an error in each column
+    (col_weights [n]; None: plain squared error) times the column's squared scale, which an
+    error in normalised values is multiplied by."""
+    weights = scale.float().pow(2)
+    if col_weights is not None:
+        weights = col_weights.float() * weights
+    return weights.reshape(-1, cfg.step_dim)

@@ -185,18 +185,22 @@ def probe_windows(token_ids: torch.Tensor, config: TuneConfig = TuneConfig(), bo
     return spread_windows(calibration_windows(token_ids, config.window, bos), config.eval_windows)[:, :-1]
 
 
+def _decoder_kl(model, decoder: _Decoder, matrix: torch.Tensor, probe: torch.Tensor) -> float:
+    """Mean KL(original || decoder) over the windows probe, all on the model's device."""
+    scale = embed_scale(model)
+    with torch.no_grad():
+        return float(_kl(model, decoder(probe) * scale, matrix[probe] * scale))
+
+
 def codec_kl(model, state: CarvqState, matrix: torch.Tensor, probe: torch.Tensor) -> float:
     """Mean KL(original || codec) of the model's next-token distributions over the windows probe
     [W, T], the model's input embedding matrix [V, n] replaced by state's decode."""
     device = next(model.parameters()).device
-    scale = embed_scale(model)
-    probe = probe.to(device)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            decoded = _Decoder(state).to(device)(probe)
-            return float(_kl(model, decoded * scale, matrix.detach().to(device, torch.float32)[probe] * scale))
+        return _decoder_kl(model, _Decoder(state).to(device), matrix.detach().to(device, torch.float32),
+                           probe.to(device))
     finally:
         model.train(was_training)
 
@@ -238,8 +242,7 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
     probe = probe_windows(token_ids, config, bos).to(device)
 
     def probe_kl(decoder: _Decoder) -> float:
-        with torch.no_grad():
-            return float(_kl(model, decoder(probe) * scale, matrix[probe] * scale))
+        return _decoder_kl(model, decoder, matrix, probe)
 
     def train(decoder: _Decoder, lr: float, steps: int, bar, check_step: int = 0, kl_start: float = 0.0) -> bool:
         """steps Adam steps on a cosine schedule; False when stopped at check_step with the KL
