@@ -34,13 +34,18 @@ def viterbi(points: torch.Tensor, col_weights: torch.Tensor, step_tables: torch.
     cost = torch.full((R, S), float("inf"))
     cost[:, 0] = 0.0
     back = torch.empty(T, R, M, dtype=torch.uint8)
+    step = torch.empty(R, S)
+    reverse_ids = torch.arange(branches - 1, -1, -1, dtype=torch.uint8)[:, None]
     for t in range(T):
         x, w, table = points[:, t], col_weights[t], step_tables[t]
-        step = (x.pow(2) * w).sum(1, keepdim=True) - 2 * (x * w) @ table.T + (table.pow(2) * w).sum(1)  # [R, S]
-        # predecessors of state s are (s >> k) + j * M for j < 2^k
-        best, j = cost.view(R, branches, M).min(1)
-        back[t] = j.to(torch.uint8)
-        cost = best.repeat_interleave(branches, dim=1) + step
+        # step[r, s] = sum_i w_i (x_ri - table_si)^2, in place: fresh [R, S] tensors each step
+        # cost more than the arithmetic, so two buffers take turns as step and cost
+        torch.matmul(2 * (x * w), table.T, out=step)
+        step.neg_().add_((x.pow(2) * w).sum(1, keepdim=True)).add_((table.pow(2) * w).sum(1))
+        # predecessors of state s are (s >> k) + j * M for j < 2^k; s = m * 2^k + b shares them with all b
+        best = cost.view(R, branches, M).amin(1)
+        back[t] = _first_at(cost.view(R, branches, M), best, reverse_ids)
+        cost, step = step.view(R, M, branches).add_(best[:, :, None]).view(R, S), cost
     states = torch.empty(R, T, dtype=torch.int64)
     state = cost.argmin(1)
     for t in range(T - 1, -1, -1):
@@ -48,6 +53,14 @@ def viterbi(points: torch.Tensor, col_weights: torch.Tensor, step_tables: torch.
         high = state >> cfg.step_bits
         state = high + back[t].gather(1, high[:, None])[:, 0].long() * M
     return states
+
+
+def _first_at(values: torch.Tensor, least: torch.Tensor, reverse_ids: torch.Tensor) -> torch.Tensor:
+    """uint8 [R, M]: the first j with values[r, j, m] == least[r, m], for values [R, B, M] and
+    reverse_ids [B, 1] = B - 1 - j. torch.min over a strided dim with indices is four times
+    slower than amin and this mask together, and the search spends most of its time there."""
+    last_from_end = ((values == least[:, None]) * reverse_ids).amax(1)
+    return reverse_ids[0] - last_from_end
 
 
 def encode(points: torch.Tensor, col_weights: torch.Tensor, tables: torch.Tensor, cfg: TrellisConfig,
