@@ -64,6 +64,15 @@ def test_viterbi_finds_the_cheapest_path():
         assert any(torch.equal(states[r], p) for p in paths)  # a path of the trellis from state 0
 
 
+def test_viterbi_breaks_ties_towards_the_first_predecessor():
+    # every path costs the same, so the search must settle each tie the same way: the first
+    # predecessor from the last state 0 gives the all-zero path
+    cfg = TrellisConfig(state_bits=6, step_bits=2, step_dim=2, groups=1)
+    steps = 7
+    states = trellis.encode(torch.zeros(3, steps, 2), torch.ones(steps, 2), torch.zeros(1, cfg.table_size, 2), cfg)
+    assert torch.equal(states, torch.zeros(3, steps, dtype=torch.int64))
+
+
 @pytest.mark.parametrize("cfg", [TINY, TrellisConfig(), TrellisConfig(state_bits=12, step_bits=5, step_dim=1, groups=3)])
 def test_streams_round_trip_and_have_the_stated_length(cfg):
     g = torch.Generator().manual_seed(2)
