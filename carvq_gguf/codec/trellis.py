@@ -38,8 +38,8 @@ def viterbi(points: torch.Tensor, col_weights: torch.Tensor, step_tables: torch.
     reverse_ids = torch.arange(branches - 1, -1, -1, dtype=torch.uint8)[:, None]
     for t in range(T):
         x, w, table = points[:, t], col_weights[t], step_tables[t]
-        # step[r, s] = sum_i w_i (x_ri - table_si)^2, in place: fresh [R, S] tensors each step
-        # cost more than the arithmetic, so two buffers take turns as step and cost
+        # step[r, s] = sum_i w_i (x_ri - table_si)^2, built in place; two buffers take turns as
+        # the step and the path costs
         torch.matmul(2 * (x * w), table.T, out=step)
         step.neg_().add_((x.pow(2) * w).sum(1, keepdim=True)).add_((table.pow(2) * w).sum(1))
         # predecessors of state s are (s >> k) + j * M for j < 2^k; s = m * 2^k + b shares them with all b
