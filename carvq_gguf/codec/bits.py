@@ -16,6 +16,11 @@ from .state import AdaptorConfig, CarvqState, RvqConfig, TrellisConfig
 INDEX_BITS = 4
 
 
+def correction_row_bits(embedding_dim: int) -> int:
+    """Stored bits of one correction row: its F16 values and its I32 token id."""
+    return 16 * embedding_dim + 32
+
+
 def prediction_bits(vocab_size: int, embedding_dim: int, n_predicted: int) -> int:
     """Stored bits of n_predicted predicted rows: the row map, their words and the leftovers'
     column scale and mean (0 when no row is predicted)."""

@@ -20,7 +20,7 @@ import torch
 
 from . import prediction, rvq, trellis
 from .adaptor import train_adaptor
-from .bits import prediction_bits
+from .bits import correction_row_bits, prediction_bits
 from .embedding import CarvqEmbedding
 from .metric import check_metric, damped, metric_refine
 from .presets import get_preset
@@ -183,7 +183,7 @@ def add_prediction(state: CarvqState, matrix: torch.Tensor, min_cos2: float,
     if V > MAX_PREDICTED_VOCAB:
         return state
     rows, roots, pair_cos = prediction.choose_roots(*neighbours, min_cos2, excluded=state.correction_ids)
-    row_bits = 16 * n + 32  # what one correction row costs
+    row_bits = correction_row_bits(n)
     R = state.n_correction_rows
     affordable = (R * row_bits - (prediction_bits(V, n, 1) - 32)) // 32  # after the map and the leftovers' columns
     if rows.numel() > affordable:  # the closest pairs first

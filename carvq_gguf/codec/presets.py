@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .bits import bits_from_config, total_bits
+from .bits import bits_from_config, correction_row_bits, total_bits
 from ..errors import CarvqError
 from .state import AdaptorConfig, RvqConfig, TrellisConfig
 
@@ -115,7 +115,7 @@ class Preset:
         spare = budget - fixed_bits(adaptor)
         if spare < 0:
             raise CarvqError(f"preset {self.name!r} cannot fit {self.max_bpw} bpw for a {V} x {n} matrix")
-        rows = min(spare // (16 * n + 32), int(self.max_correction_fraction * V))
+        rows = min(spare // correction_row_bits(n), int(self.max_correction_fraction * V))
         return ResolvedPreset(self.name, self.rvq, adaptor, int(rows), self.train, trellis)
 
 
