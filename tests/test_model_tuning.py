@@ -375,3 +375,48 @@ def test_embedding_fisher_finds_the_directions_that_cost(tmp_path):
     assert top > 5 * bottom, (top, bottom)
     with pytest.raises(CarvqError, match="windows"):
         embedding_fisher(model, windows[:, :1])
+
+
+def test_sampled_windows_are_the_models_own_text_and_seeded_apart(tmp_path):
+    """Text the model writes: the shape asked, starting at the given token, the same for a seed
+    and different for another, and the caller's random state untouched."""
+    from carvq_gguf.hf.fit import sampled_windows
+
+    model = _tiny(tmp_path)
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    a = sampled_windows(model, 7, 3, 20, seed=0)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert a.shape == (3, 20) and a.dtype == torch.int64 and bool((a[:, 0] == 7).all())
+    assert torch.equal(a, sampled_windows(model, 7, 3, 20, seed=0))
+    assert not torch.equal(a, sampled_windows(model, 7, 3, 20, seed=1))
+
+
+def test_predicted_rows_are_judged_on_sampled_text_too(tmp_path, monkeypatch):
+    """The windows that judge predicted rows hold the calibration's and the model's own text:
+    the calibration's tokens chose the correction rows that pay for the prediction, so they
+    alone cannot weigh the trade."""
+    from carvq_gguf.hf import fit
+    from carvq_gguf.hf.model import input_embedding_matrix, load_causal_lm
+    from tiny_sources import make_tiny_hf
+
+    src = make_tiny_hf(tmp_path / "hf", tied=True, vocab_size=8192)
+    model, tokenizer = load_causal_lm(src)
+    matrix = input_embedding_matrix(model)
+    seen = {}
+
+    def spy(model, state, matrix, thresholds, probe, *args, **kwargs):
+        seen["probe"] = probe
+        return state, {"none": 0.0}
+
+    monkeypatch.setattr(fit, "choose_prediction", spy)
+    text = "Return the number of items in a container. Open file and return a file object. " * 40
+    fit.fit_with_model(model, tokenizer, matrix, "carvq-1.6", text, tune_steps=0, rounds=0, progress=False)
+    probe = seen["probe"]
+    calibration = fit.probe_windows(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    assert probe.shape[0] == calibration.shape[0] + fit.SAMPLED_WINDOWS
+    assert torch.equal(probe[:calibration.shape[0]], calibration)
+    sampled = probe[calibration.shape[0]:]
+    assert torch.equal(sampled, fit.sampled_windows(model, int(model.config.bos_token_id), fit.SAMPLED_WINDOWS,
+                                                    probe.shape[1], seed=0))

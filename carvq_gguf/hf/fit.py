@@ -24,6 +24,7 @@ from .tune import TuneConfig, codec_kl, probe_windows, tune_codec
 
 
 FISHER_WINDOWS = 32  # calibration windows of TuneConfig.window tokens for the embedding Fisher
+SAMPLED_WINDOWS = 8  # sequences the model writes itself, on which predicted rows are judged too
 
 
 def tuning_steps(preset: str, tune_steps: int | None = None) -> int:
@@ -124,8 +125,13 @@ def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: st
     stats["fit_seconds"] = time.perf_counter() - start
     if train.prediction and state.trellis is not None:
         start = time.perf_counter()
+        probe = probe_windows(ids, config, bos)
+        start_id = next((i for i in (bos, getattr(model.config, "bos_token_id", None),
+                                     getattr(model.config, "eos_token_id", None)) if isinstance(i, int)), None)
+        if start_id is not None:  # else the calibration windows alone judge
+            probe = torch.cat([probe, sampled_windows(model, start_id, SAMPLED_WINDOWS, probe.shape[1], seed)])
         state, stats["prediction_kl"] = choose_prediction(
-            model, state, matrix, train.prediction, probe_windows(ids, config, bos),
+            model, state, matrix, train.prediction, probe,
             correction_importance(state, matrix, weights), None if metric is None else column_weights(metric),
             progress=progress)
         stats["prediction_seconds"] = time.perf_counter() - start
@@ -137,13 +143,36 @@ def fit_with_model(model, tokenizer, matrix: torch.Tensor, preset: str, text: st
     return Fit(state, weights, stats)
 
 
+def sampled_windows(model, start: int, count: int, length: int, seed: int = 0) -> torch.Tensor:
+    """int64 [count, length]: text the model writes from token start at temperature 1, without
+    top-k or top-p, so a sample of what it was trained on. Seeded in a forked random state, so
+    the rest of the fit draws the same numbers with or without it."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            first = torch.full((count, 1), start, dtype=torch.int64, device=device)
+            out = model.generate(first, attention_mask=torch.ones_like(first), do_sample=True, temperature=1.0,
+                                 top_k=0, top_p=1.0, max_new_tokens=length - 1, min_new_tokens=length - 1,
+                                 pad_token_id=start)
+    finally:
+        model.train(was_training)
+    return out[:, :length].cpu()
+
+
 def choose_prediction(model, state: CarvqState, matrix: torch.Tensor, thresholds: tuple[float, ...],
                       probe: torch.Tensor, importance: torch.Tensor, col_weights: torch.Tensor | None = None,
                       progress: bool = True) -> tuple[CarvqState, dict[str, float]]:
     """state with rows predicted from their nearest rows (codec/compress.add_prediction) at
-    whichever of the cos^2 thresholds gives the lowest calibration KL on the windows probe, or
-    state as it is when none lowers it; returns (state, the KL of each candidate). How closely
-    related rows must be to pay depends on the model (docs/EXPERIMENTS.md), so the model decides."""
+    whichever of the cos^2 thresholds gives the lowest KL on the windows probe, or state as it
+    is when none lowers it; returns (state, the KL of each candidate). How closely related rows
+    must be to pay depends on the model (docs/EXPERIMENTS.md), so the model decides.
+
+    probe must hold windows whose tokens did not choose the correction rows (text the model
+    writes, sampled_windows): predicted rows are paid for with correction rows, and on the
+    calibration windows alone those count at full value and what the prediction buys at none."""
     neighbours = nearest_rows(matrix, progress=progress)
     best, best_kl = state, codec_kl(model, state, matrix, probe)
     tried = {"none": best_kl}
@@ -195,7 +224,8 @@ def fit_source(source: Path, matrix: torch.Tensor, preset: str, text: str, seed:
     parts = [f"fit of the codes {stats['fit_seconds']:.0f} s"]
     if "prediction_kl" in stats:
         tried = ", ".join(f"{name} {kl:.4f}" for name, kl in stats["prediction_kl"].items())
-        parts.append(f"predicted rows {stats['prediction_seconds']:.0f} s (calibration KL {tried})")
+        parts.append(f"predicted rows {stats['prediction_seconds']:.0f} s (KL on calibration and sampled text "
+                     f"{tried})")
     if "fisher_seconds" in stats:
         parts.insert(0, f"the model's Fisher {stats['fisher_seconds']:.0f} s")
     if "skipped" in stats:
