@@ -420,3 +420,21 @@ def test_predicted_rows_are_judged_on_sampled_text_too(tmp_path, monkeypatch):
     sampled = probe[calibration.shape[0]:]
     assert torch.equal(sampled, fit.sampled_windows(model, int(model.config.bos_token_id), fit.SAMPLED_WINDOWS,
                                                     probe.shape[1], seed=0))
+
+
+def test_codec_kl_in_passes_equals_one_pass(tmp_path, monkeypatch):
+    """A large vocabulary's probe goes through the model a few windows at a time; the mean must be
+    the one of a single pass, uneven last pass included."""
+    from carvq_gguf.hf import tune
+
+    model = _tiny(tmp_path)
+    ids = _calib_ids()
+    matrix, _, state = _fit(model, ids)
+    probe = calibration_windows(ids, 64)[:3, :-1]
+    whole = tune.codec_kl(model, state, matrix, probe)
+    monkeypatch.setattr(tune, "LOGITS_PER_PASS", 2 * probe.shape[1] * matrix.shape[0])  # passes of 2, then 1
+    calls = []
+    real = tune._kl
+    monkeypatch.setattr(tune, "_kl", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
+    assert tune.codec_kl(model, state, matrix, probe) == pytest.approx(whole, rel=1e-5)
+    assert calls == [2, 1]
