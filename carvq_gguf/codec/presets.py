@@ -42,8 +42,8 @@ class TrainConfig:
               calibration text; 0 = fit to the matrix only. Needs the model and its tokenizer.
     prediction: thresholds on cos^2 for predicting a trellis row from its nearest row
               (codec/prediction.py), paid for by correction rows. With the model in the loop
-              the fit keeps whichever (or none) gives the lowest calibration KL; without it, the
-              first. Empty: no row is predicted.
+              the fit keeps whichever (or none) gives the lowest KL on calibration and sampled
+              text (hf/fit.choose_prediction); without it, the first. Empty: no row is predicted.
     """
 
     kmeans_iters: int = 15
@@ -133,7 +133,7 @@ _PAPER_TRAIN = TrainConfig(weighted=False, refine_rounds=0)
 # tuning (hf/tune.py). Measured on SmolLM2 and Gemma 3 270M (docs/EXPERIMENTS.md); these settings
 # keep the whole fit within 5 min (SmolLM2) and 30 min (Gemma 3) on 2 CPU cores.
 _TUNED = TrainConfig(metric_rounds=2, tune_steps=60)
-# The trellis presets also predict rows from related rows where the calibration KL says it pays; the
+# The trellis presets also predict rows from related rows where the model's KL says it pays; the
 # tuning's steps make room for that search in SmolLM2's 5 minutes.
 _PREDICTED = replace(_TUNED, prediction=(0.4,), tune_steps=45)
 
