@@ -438,3 +438,16 @@ def test_codec_kl_in_passes_equals_one_pass(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "_kl", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
     assert tune.codec_kl(model, state, matrix, probe) == pytest.approx(whole, rel=1e-5)
     assert calls == [2, 1]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_models_own_mode_on_error_too(training):
+    from carvq_gguf.hf.model import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5)).train(training)
+    with eval_mode(model):
+        assert not model.training and not model[0].training
+    assert model.training is training and model[0].training is training
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("measurement failed")
+    assert model.training is training

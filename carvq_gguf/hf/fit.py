@@ -20,6 +20,7 @@ from ..codec.importance import token_weights
 from ..codec.presets import get_preset
 from ..codec.state import CarvqState
 from ..errors import CarvqError
+from .model import eval_mode
 from .tune import TuneConfig, codec_kl, probe_windows, tune_codec
 
 
@@ -148,17 +149,12 @@ def sampled_windows(model, start: int, count: int, length: int, seed: int = 0) -
     top-k or top-p, so a sample of what it was trained on. Seeded in a forked random state, so
     the rest of the fit draws the same numbers with or without it."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            first = torch.full((count, 1), start, dtype=torch.int64, device=device)
-            out = model.generate(first, attention_mask=torch.ones_like(first), do_sample=True, temperature=1.0,
-                                 top_k=0, top_p=1.0, max_new_tokens=length - 1, min_new_tokens=length - 1,
-                                 pad_token_id=start)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        first = torch.full((count, 1), start, dtype=torch.int64, device=device)
+        out = model.generate(first, attention_mask=torch.ones_like(first), do_sample=True, temperature=1.0,
+                             top_k=0, top_p=1.0, max_new_tokens=length - 1, min_new_tokens=length - 1,
+                             pad_token_id=start)
     return out[:, :length].cpu()
 
 

@@ -23,7 +23,7 @@ import torch
 
 from ..codec.importance import DEFAULT_FLOOR
 from ..errors import CarvqError
-from .model import embed_scale
+from .model import embed_scale, eval_mode
 
 SENSITIVITY_CLAMP = (0.25, 4.0)  # relative sensitivity kept within 1/4x..4x of the mean
 
@@ -54,9 +54,7 @@ def embedding_fisher(model, windows: torch.Tensor, positions: int = 64, seed: in
     generator = torch.Generator().manual_seed(seed)
     scale = embed_scale(model)
     fisher = torch.zeros(n, n, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for window in tqdm(windows, desc="embedding Fisher", disable=not progress):
             keep = torch.arange(T) if positions <= 0 or positions >= T else \
                 torch.randperm(T, generator=generator)[:positions].sort().values
@@ -67,8 +65,6 @@ def embedding_fisher(model, windows: torch.Tensor, positions: int = 64, seed: in
             (grad,) = torch.autograd.grad(loss, x)
             g = grad[0, 1:].double().cpu()
             fisher += g.T @ g
-    finally:
-        model.train(was_training)
     return fisher / (windows.shape[0] * (T - 1))
 
 
@@ -87,9 +83,7 @@ def fisher_row_scores(model, token_ids: torch.Tensor, window: int = 256, max_tok
         raise CarvqError(f"calibration token ids must lie in [0, {V})")
     fisher = torch.zeros(V, dtype=torch.float64)
     counts = torch.bincount(ids, minlength=V).to(torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, ids.numel() - 1, window):
             chunk = ids[start:start + window + 1]
             if chunk.numel() < 2:
@@ -100,8 +94,6 @@ def fisher_row_scores(model, token_ids: torch.Tensor, window: int = 256, max_tok
             loss = torch.nn.functional.cross_entropy(logits, chunk[1:])
             (grad,) = torch.autograd.grad(loss, x)
             fisher.index_add_(0, inputs[0], grad[0].double().pow(2).sum(1))
-    finally:
-        model.train(was_training)
     return fisher, counts
 
 

@@ -3,6 +3,7 @@ it for a CARVQ codec or another dense matrix."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import copy
@@ -45,6 +46,18 @@ def load_causal_lm(source: str | Path, need_tokenizer: bool = False):
             raise CarvqError(f"cannot load a tokenizer from {str(source)!r}: {e}") from e
         tokenizer = None
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """model in eval mode for the block (no dropout: measurements and samples are repeatable),
+    its own mode restored afterwards, on error too."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def embed_scale(model) -> float | torch.Tensor:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..codec import trellis
 from ..codec.state import CarvqState, TrellisCodes
 from ..errors import CarvqError
-from .model import embed_scale
+from .model import embed_scale, eval_mode
 
 LOGITS_PER_PASS = 1 << 27  # next-token logits one pass of a KL probe may hold (512 MB in float32)
 
@@ -204,13 +204,9 @@ def codec_kl(model, state: CarvqState, matrix: torch.Tensor, probe: torch.Tensor
     """Mean KL(original || codec) of the model's next-token distributions over the windows probe
     [W, T], the model's input embedding matrix [V, n] replaced by state's decode."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _decoder_kl(model, _Decoder(state).to(device), matrix.detach().to(device, torch.float32),
                            probe.to(device))
-    finally:
-        model.train(was_training)
 
 
 def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.Tensor,
@@ -274,26 +270,24 @@ def tune_codec(model, state: CarvqState, matrix: torch.Tensor, token_ids: torch.
             bar.update()
         return True
 
-    was_training = model.training
-    model.eval()
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        decoder = _Decoder(state).to(device)
-        stats = {"kl_start": probe_kl(decoder)}
-        with torch.enable_grad(), tqdm(total=config.steps, desc="tuning codec", disable=not progress) as bar:
-            if not train(decoder, config.lr, config.steps, bar, config.check_step, stats["kl_start"]):
-                stats["retried_at"] = config.check_step  # start again, gentler, for the steps left
-                decoder = _Decoder(state).to(device)
-                train(decoder, config.lr * config.retry_lr, config.steps - config.check_step, bar)
-        tuned = decoder.stored_state(state)
-        stats["kl_end"] = probe_kl(_Decoder(tuned).to(device))  # what is stored: F16-rounded
-        if not stats["kl_end"] < stats["kl_start"]:  # Adam's steps only added noise to a fit this close
-            tuned, stats["kl_end"] = state, stats["kl_start"]
-        stats["kept"] = tuned is not state
-    finally:
+    with eval_mode(model):
+        frozen = [p for p in model.parameters() if p.requires_grad]
         for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
+            p.requires_grad_(False)
+        try:
+            decoder = _Decoder(state).to(device)
+            stats = {"kl_start": probe_kl(decoder)}
+            with torch.enable_grad(), tqdm(total=config.steps, desc="tuning codec", disable=not progress) as bar:
+                if not train(decoder, config.lr, config.steps, bar, config.check_step, stats["kl_start"]):
+                    stats["retried_at"] = config.check_step  # start again, gentler, for the steps left
+                    decoder = _Decoder(state).to(device)
+                    train(decoder, config.lr * config.retry_lr, config.steps - config.check_step, bar)
+            tuned = decoder.stored_state(state)
+            stats["kl_end"] = probe_kl(_Decoder(tuned).to(device))  # what is stored: F16-rounded
+            if not stats["kl_end"] < stats["kl_start"]:  # Adam's steps only added noise to a fit this close
+                tuned, stats["kl_end"] = state, stats["kl_start"]
+            stats["kept"] = tuned is not state
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
     return tuned, stats
