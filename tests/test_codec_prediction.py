@@ -11,7 +11,8 @@ from carvq_gguf.codec import bits, prediction, presets, trellis
 from carvq_gguf.codec.compress import add_prediction, compress_matrix, pick_correction_ids
 from carvq_gguf.codec.embedding import CarvqEmbedding
 from carvq_gguf.codec.presets import Preset, TrainConfig
-from carvq_gguf.codec.state import AdaptorConfig, CarvqState, RvqConfig, TrellisConfig
+from carvq_gguf.codec.state import AdaptorConfig, CarvqState, RvqConfig, TrellisConfig, chain_lengths
+from carvq_gguf.errors import CarvqError
 
 
 def families(vocab_size: int = 512, width: int = 64, seed: int = 0, noise: float = 0.3) -> torch.Tensor:
@@ -44,11 +45,22 @@ def test_the_projected_search_finds_the_partners_too(monkeypatch: pytest.MonkeyP
     assert float((ids[::2, 0] == torch.arange(1, 256, 2)).float().mean()) > 0.95
 
 
-def test_roots_are_never_predicted_and_the_threshold_and_exclusions_hold() -> None:
+def chains(vocab_size: int = 512, width: int = 64, length: int = 4, seed: int = 0, noise: float = 0.3) -> torch.Tensor:
+    """A matrix whose rows come in runs of length: each row a multiple of the one before plus
+    some noise, so a row's nearest rows are its neighbours in the run."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randn(vocab_size // length, width, generator=g)]
+    for _ in range(length - 1):
+        scale = 0.7 + 0.6 * torch.rand(vocab_size // length, 1, generator=g)
+        rows.append(scale * rows[-1] + noise * torch.randn(vocab_size // length, width, generator=g))
+    return torch.stack(rows, 1).reshape(vocab_size, width)
+
+
+def test_a_star_forest_never_predicts_a_root_and_the_threshold_and_exclusions_hold() -> None:
     m = families(256)
     cos, ids = prediction.nearest_rows(m)
     excluded = torch.tensor([0, 1, 7], dtype=torch.int32)
-    rows, roots, pair_cos = prediction.choose_roots(cos, ids, 0.5, excluded)
+    rows, roots, pair_cos = prediction.choose_roots(cos, ids, 0.5, excluded, max_depth=1)
     assert rows.numel() > 60
     assert bool((rows[1:] > rows[:-1]).all())
     assert not bool(torch.isin(roots, rows).any())  # no chains
@@ -58,6 +70,80 @@ def test_roots_are_never_predicted_and_the_threshold_and_exclusions_hold() -> No
         k = ids[t].tolist().index(r)
         assert cos[t, k] == c
     assert prediction.choose_roots(cos, ids, 1.01)[0].numel() == 0
+
+
+@pytest.mark.parametrize("max_depth", [2, 3, 4])
+def test_chains_of_roots_stay_within_their_links(max_depth: int) -> None:
+    m = chains(1024, 32, length=8)
+    cos, ids = prediction.nearest_rows(m)
+    star = prediction.choose_roots(cos, ids, 0.25, max_depth=1)[0]
+    rows, roots, _ = prediction.choose_roots(cos, ids, 0.25, max_depth=max_depth)
+    links = chain_lengths(rows, roots, 1024)
+    assert int(links.max()) == max_depth
+    assert rows.numel() > star.numel()  # a family's hub need not stay plain
+    assert not bool((rows == roots).any())
+    # following the roots from any predicted row reaches a plain row within max_depth links
+    slot = {t: j for j, t in enumerate(rows.tolist())}
+    for j in range(rows.numel()):
+        r, steps = int(roots[j]), 1
+        while r in slot:
+            r, steps = int(roots[slot[r]]), steps + 1
+        assert steps == int(links[j]) <= max_depth
+
+
+def reference_decode(codes: trellis.TrellisCodes, t: int) -> torch.Tensor:
+    """Row t as docs/FORMAT.md "Predicted rows" writes it: own values under the leftovers'
+    columns plus (u * c_t) * R(root), R recursive."""
+    p = codes.prediction
+    scale, mean = codes.columns.float()
+    own_scale, own_mean = p.columns.float()
+    slot = {r: j for j, r in enumerate(p.rows.tolist())}
+    values = lambda x: trellis.table_values(codes, torch.tensor([x]))[0]  # noqa: E731
+
+    def root_part(x: int) -> torch.Tensor:
+        if x not in slot:
+            return values(x) * scale
+        j = slot[x]
+        return values(x) * own_scale + p.scale_step * float(p.scale_codes[j]) * root_part(int(p.roots[j]))
+
+    if t not in slot:
+        return values(t) * scale + mean
+    j = slot[t]
+    return values(t) * own_scale + own_mean + p.scale_step * float(p.scale_codes[j]) * root_part(int(p.roots[j]))
+
+
+def test_chained_rows_decode_as_the_format_says_and_code_closer() -> None:
+    m = chains(1024, 32)
+    codes = trellis.fit_trellis(m, CFG, torch.arange(1024), torch.ones(1024), iters=3)
+    neighbours = prediction.nearest_rows(m)
+    star = prediction.predict_rows(codes, m, *prediction.choose_roots(*neighbours, 0.25, max_depth=1)[:2])
+    rows, roots, _ = prediction.choose_roots(*neighbours, 0.25, max_depth=4)
+    chained = prediction.predict_rows(codes, m, rows, roots)
+    chained.check(1024, 32)
+    links = chain_lengths(rows, roots, 1024)
+    for length in range(1, 5):
+        t = int(rows[(links == length).nonzero()[0, 0]])
+        assert torch.allclose(trellis.decode(chained, torch.tensor([t]))[0], reference_decode(chained, t), atol=1e-5)
+    error = lambda c: float((trellis.decode(c, torch.arange(1024)) - m).pow(2).sum())  # noqa: E731
+    assert error(chained) < 0.9 * error(star)
+
+
+def test_a_cycle_or_an_over_long_chain_of_roots_is_refused() -> None:
+    m = chains(1024, 32, length=8)
+    codes = trellis.fit_trellis(m, CFG, torch.arange(1024), torch.ones(1024), iters=3)
+    rows, roots, _ = prediction.choose_roots(*prediction.nearest_rows(m), 0.25, max_depth=4)
+    p = prediction.predict_rows(codes, m, rows, roots).prediction
+    p.check(1024, 32)
+    cycle = p.roots.clone()
+    cycle[0], cycle[1] = p.rows[1], p.rows[0]
+    with pytest.raises(CarvqError, match="more than 4 links, or a cycle"):
+        replace(p, roots=cycle).check(1024, 32)
+    # rows 8i .. 8i+4 each predicted from the next: a chain of 5 links
+    run = torch.arange(5, dtype=torch.int32)
+    long = replace(p, rows=run, roots=run + 1, scale_codes=p.scale_codes[:5])
+    with pytest.raises(CarvqError, match="more than 4 links"):
+        long.check(1024, 32)
+    replace(p, rows=run[:4], roots=run[:4] + 1, scale_codes=p.scale_codes[:4]).check(1024, 32)
 
 
 CFG = TrellisConfig(state_bits=8, step_bits=3, step_dim=2, groups=2)

@@ -379,7 +379,8 @@ def test_decode_of_a_predicted_row_follows_the_format() -> None:
 
     state = predicted_state(table_dim=0, n_corrections=0)
     t, p = state.trellis, state.trellis.prediction
-    row, root, code = int(p.rows[3]), int(p.roots[3]), int(p.scale_codes[3])
+    j = next(j for j in range(p.count) if int(p.roots[j]) not in p.rows.tolist())  # a root not predicted itself
+    row, root, code = int(p.rows[j]), int(p.roots[j]), int(p.scale_codes[j])
     plain = dataclasses.replace(t, prediction=None)
     values = trellis.table_values(plain, torch.tensor([row, root]))
     scale, own_scale, own_mean = t.columns[0].float(), p.columns[0].float(), p.columns[1].float()
@@ -426,7 +427,7 @@ def _last_unpredicted(state: CarvqState) -> int:
     (lambda s: {"replace_tensors": {"carvq_pred_refs": _refs_with(s, lambda w: w.__setitem__(4, (w[4] & 0xFF000000) | 96))}},
      "carvq_pred_refs holds root 96 >= V = 96"),
     (lambda s: {"replace_tensors": {"carvq_pred_refs": _refs_with(s, lambda w: w.__setitem__(
-        4, (w[4] & 0xFF000000) | int(s.trellis.prediction.rows[0])))}}, "which is itself predicted"),
+        4, (w[4] & 0xFF000000) | int(s.trellis.prediction.rows[4])))}}, "make a chain of more than 4 links, or a cycle"),
 ])
 def test_predicted_row_rejections_name_the_problem(tmp_path: Path, tamper, message: str) -> None:
     state = predicted_state()

@@ -184,7 +184,8 @@ def _refs(g: Path, edit) -> np.ndarray:
     return words.view(np.int32)
 
 
-def _a_predicted_row(g: Path) -> int:
+def _first_predicted_row(g: Path) -> int:
+    """The row that word 0 of carvq_pred_refs belongs to."""
     words = tensor(g, "carvq_pred_map").view(np.uint32)
     return int(np.flatnonzero((words[:, 0:1] >> np.arange(32, dtype=np.uint32)) & 1)[0])
 
@@ -228,8 +229,8 @@ PREDICTED_BAD_CASES = {
               "prediction map marks"),
     "root_out_of_range": (lambda g: dict(tensors={"carvq_pred_refs": _refs(g, lambda w: w.__setitem__(
         0, (w[0] & 0xFF000000) | 0xFFFFFF))}), "outside the vocab"),
-    "root_predicted": (lambda g: dict(tensors={"carvq_pred_refs": _refs(g, lambda w: w.__setitem__(
-        0, (w[0] & 0xFF000000) | _a_predicted_row(g)))}), "which is predicted itself"),
+    "root_cycle": (lambda g: dict(tensors={"carvq_pred_refs": _refs(g, lambda w: w.__setitem__(  # its own root
+        0, (w[0] & 0xFF000000) | _first_predicted_row(g)))}), "make a chain of more than 4 links, or a cycle"),
 }
 
 

@@ -25,7 +25,7 @@ from .embedding import CarvqEmbedding
 from .metric import check_metric, damped, metric_refine
 from .presets import get_preset
 from ..errors import CarvqError
-from .state import MAX_PREDICTED_VOCAB, CarvqState
+from .state import MAX_PREDICTED_VOCAB, MAX_PREDICTION_CHAIN, CarvqState
 
 
 def check_matrix(matrix: torch.Tensor) -> None:
@@ -172,9 +172,9 @@ def add_prediction(state: CarvqState, matrix: torch.Tensor, min_cos2: float,
                    neighbours: tuple[torch.Tensor, torch.Tensor], importance: torch.Tensor,
                    col_weights: torch.Tensor | None = None, progress: bool = False) -> CarvqState:
     """state (trellis-coded, no row predicted yet) with the rows whose nearest row has cos^2 >=
-    min_cos2 predicted from it (codec/prediction.py), paid for by the correction rows of least
-    importance [V], so the stored bits do not grow. Rows with a correction row are not
-    predicted. neighbours is prediction.nearest_rows(matrix). state itself when no row
+    min_cos2 predicted from it, in chains of up to MAX_PREDICTION_CHAIN links (codec/prediction.py),
+    paid for by the correction rows of least importance [V], so the stored bits do not grow. Rows
+    with a correction row are not predicted. neighbours is prediction.nearest_rows(matrix). state itself when no row
     qualifies or the correction rows cannot pay for one."""
     t = state.trellis
     if t is None or t.prediction is not None:
@@ -182,7 +182,8 @@ def add_prediction(state: CarvqState, matrix: torch.Tensor, min_cos2: float,
     V, n = state.vocab_size, state.embedding_dim
     if V > MAX_PREDICTED_VOCAB:
         return state
-    rows, roots, pair_cos = prediction.choose_roots(*neighbours, min_cos2, excluded=state.correction_ids)
+    rows, roots, pair_cos = prediction.choose_roots(*neighbours, min_cos2, excluded=state.correction_ids,
+                                                    max_depth=MAX_PREDICTION_CHAIN)
     row_bits = correction_row_bits(n)
     R = state.n_correction_rows
     affordable = (R * row_bits - (prediction_bits(V, n, 1) - 32)) // 32  # after the map and the leftovers' columns

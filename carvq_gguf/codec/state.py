@@ -24,7 +24,7 @@ codebooks (T = n / d steps, B = TrellisConfig.stream_bytes(n), G tables of 2^L e
 and, when some rows are predicted from a related row (docs/FORMAT.md "Predicted rows"), a
 RowPrediction (P predicted rows):
     rows         int32   [P]     the predicted rows, sorted, unique
-    roots        int32   [P]     each one's root, a row that is not itself predicted
+    roots        int32   [P]     each one's root (a chain of roots ends at a row not predicted)
     scale_codes  int8    [P]     the root's multiple, in steps of scale_step
     columns      float16 [2, n]  the leftovers' column scale and mean
 
@@ -151,13 +151,30 @@ class TrellisConfig:
 
 
 MAX_PREDICTED_VOCAB = 1 << 24  # a root id takes the low 24 bits of a 32-bit word in the file
+MAX_PREDICTION_CHAIN = 4  # links from a predicted row to the plain row its chain ends at
+
+
+def chain_lengths(rows: torch.Tensor, roots: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """int64 [P]: for each predicted row rows[j] (unique ids < vocab_size), the links from it along
+    its roots roots[j] (< vocab_size) to the first row that is not predicted; MAX_PREDICTION_CHAIN + 1
+    for a chain longer than that or a cycle."""
+    slot = torch.full((vocab_size,), -1, dtype=torch.int64)
+    slot[rows.long()] = torch.arange(rows.numel())
+    roots = roots.long()
+    length = torch.ones(rows.numel(), dtype=torch.int64)
+    up = slot[roots]
+    for _ in range(MAX_PREDICTION_CHAIN):
+        length += (up >= 0).long()
+        up = torch.where(up >= 0, slot[roots[up.clamp_min(0)]], up)
+    return length
 
 
 @dataclass
 class RowPrediction:
     """Rows coded from a related row (codec/prediction.py): row rows[j] decodes as
-    scale_step * scale_codes[j] times the trellis decode of row roots[j] without the column mean,
-    plus its own stream decoded with these columns (the leftovers' scale and mean)."""
+    scale_step * scale_codes[j] times the decode of row roots[j] without column means, plus its
+    own stream decoded with these columns (the leftovers' scale and mean). A root may be
+    predicted itself (docs/FORMAT.md "Predicted rows")."""
 
     rows: torch.Tensor
     roots: torch.Tensor
@@ -171,8 +188,9 @@ class RowPrediction:
         return int(self.rows.numel())
 
     def check(self, vocab_size: int, embedding_dim: int) -> None:
-        """Raise CarvqError unless the rows are sorted, unique and in range, every root is an
-        unpredicted row, and the tensors have their stored shapes and dtypes."""
+        """Raise CarvqError unless the rows are sorted, unique and in range, every root is in range
+        and its chain reaches a plain row within MAX_PREDICTION_CHAIN links, and the tensors have
+        their stored shapes and dtypes."""
         P = self.count
         _expect(self.rows, "predicted rows", (P,), torch.int32)
         _expect(self.roots, "prediction roots", (P,), torch.int32)
@@ -189,8 +207,10 @@ class RowPrediction:
             raise CarvqError(f"predicted rows must be sorted, unique and in [0, {vocab_size})")
         if int(roots.min()) < 0 or int(roots.max()) >= vocab_size:
             raise CarvqError(f"prediction roots must lie in [0, {vocab_size})")
-        if bool(torch.isin(roots, rows).any()):
-            raise CarvqError("a prediction root is itself a predicted row")
+        too_long = (chain_lengths(rows, roots, vocab_size) > MAX_PREDICTION_CHAIN).nonzero()
+        if too_long.numel():
+            raise CarvqError(f"the roots of predicted row {int(rows[too_long[0, 0]])} make a chain of more than "
+                             f"{MAX_PREDICTION_CHAIN} links, or a cycle")
 
 
 @dataclass

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import torch
 
-from .state import AdaptorConfig, CarvqState, RowPrediction, RvqConfig, TrellisCodes, TrellisConfig
+from .state import (MAX_PREDICTION_CHAIN, AdaptorConfig, CarvqState, RowPrediction, RvqConfig, TrellisCodes,
+                    TrellisConfig)
 
 
 def random_prediction(vocab_size: int, embedding_dim: int, count: int, generator: torch.Generator) -> RowPrediction:
-    """count random predicted rows, each with a random unpredicted root and scale code."""
+    """count random predicted rows with random scale codes, their roots making chains of 1, 2, ...
+    MAX_PREDICTION_CHAIN links in turn: a root is the row before in a random order of the predicted
+    rows, or a random unpredicted row to start the next chain."""
     order = torch.randperm(vocab_size, generator=generator)
-    rows, others = order[:count].sort().values, order[count:]
+    chosen, others = order[:count], order[count:]
     roots = others[torch.randint(0, others.numel(), (count,), generator=generator)]
+    chained = torch.arange(count) % MAX_PREDICTION_CHAIN != 0
+    roots[chained] = chosen[:-1][chained[1:]]
+    rows, by_row = chosen.sort()
+    roots = roots[by_row]
     columns = torch.stack([0.5 + torch.rand(embedding_dim, generator=generator),
                            0.1 * torch.randn(embedding_dim, generator=generator)])
     return RowPrediction(rows=rows.to(torch.int32), roots=roots.to(torch.int32),

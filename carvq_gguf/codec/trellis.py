@@ -141,8 +141,8 @@ def predicted_slots(prediction: RowPrediction, ids: torch.Tensor) -> torch.Tenso
 def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
     """Rows float32 [len(ids), n] of flat token ids, computed as the op does: table value times
     the column's scale, plus its mean, in F32; a predicted row (docs/FORMAT.md "Predicted rows")
-    adds its multiple of its root's scaled table values to its own values decoded with the
-    leftovers' columns."""
+    decodes its own values with the leftovers' columns and adds its multiple of its root's
+    decode without column means (root_values)."""
     values = table_values(codes, ids)
     scale, mean = codes.columns.float()
     out = values * scale + mean
@@ -153,11 +153,43 @@ def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
     hit = (slot >= 0).nonzero()[:, 0]
     if hit.numel() == 0:
         return out
-    j = slot[hit]
-    multiple = p.scale_step * p.scale_codes[j].float()
-    root = multiple[:, None] * table_values(codes, p.roots[j].long()) * scale  # (u * c) * value * scale, as the op
     own_scale, own_mean = p.columns.float()
-    return out.index_put((hit,), values[hit] * own_scale + own_mean + root)
+    own = values[hit] * own_scale + own_mean
+    return out.index_put((hit,), _add_roots(codes, own, slot[hit]))
+
+
+def root_values(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
+    """What a predicted row multiplies, float32 [len(ids), n]: the decode of rows ids without
+    column means: a plain row's table values times the column scale, a predicted row's own
+    values times the leftovers' scale plus its multiple of its root's (a chain, followed to its
+    plain row)."""
+    values = table_values(codes, ids)
+    p = codes.prediction
+    slot = predicted_slots(p, ids) if p is not None else torch.full_like(ids, -1)
+    hit = (slot >= 0).nonzero()[:, 0]
+    out = values * codes.columns.float()[0]
+    if hit.numel() == 0:
+        return out
+    return out.index_put((hit,), _add_roots(codes, values[hit] * p.columns.float()[0], slot[hit]))
+
+
+def _add_roots(codes: TrellisCodes, acc: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """acc [m, n] plus, for the predicted rows at slots slot [m], their multiple of their roots'
+    root_values, accumulated a link at a time in the op's order: (f * value) * scale, f the
+    product of the multiples along the chain."""
+    p = codes.prediction
+    scale = codes.columns.float()[0]
+    own_scale = p.columns.float()[0]
+    multiple = p.scale_step * p.scale_codes.float()
+    at = torch.arange(slot.numel())
+    f, up = multiple[slot], p.roots[slot].long()
+    while at.numel():
+        up_slot = predicted_slots(p, up)
+        chained = up_slot >= 0
+        column = torch.where(chained[:, None], own_scale, scale)
+        acc = acc.index_add(0, at, f[:, None] * table_values(codes, up) * column)
+        at, f, up = at[chained], f[chained] * multiple[up_slot[chained]], p.roots[up_slot[chained]].long()
+    return acc
 
 
 def restore_norm(codes: TrellisCodes, matrix: torch.Tensor, rows: torch.Tensor, chunk: int = 16384) -> TrellisCodes:

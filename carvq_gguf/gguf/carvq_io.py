@@ -17,8 +17,8 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
 from ..codec.packing import pack_codes, unpack_codes
-from ..codec.state import (GROUP_LAYOUTS, MAX_PREDICTED_VOCAB, AdaptorConfig, CarvqState, RowPrediction, RvqConfig,
-                           TrellisCodes, TrellisConfig)
+from ..codec.state import (GROUP_LAYOUTS, MAX_PREDICTED_VOCAB, MAX_PREDICTION_CHAIN, AdaptorConfig, CarvqState,
+                           RowPrediction, RvqConfig, TrellisCodes, TrellisConfig, chain_lengths)
 from ..errors import CarvqError
 from .names import (ACTIVATIONS, FORMAT_VERSION, KEY_ACTIVATION, KEY_CODEBOOK_BITS,
                     KEY_CORRECTION_ROWS, KEY_EMBEDDING_LENGTH, KEY_GROUP_LAYOUT, KEY_GROUP_SIZE,
@@ -264,10 +264,11 @@ def read_prediction(map_words: np.ndarray, ref_words: np.ndarray, V: int) -> tup
     roots = (refs & 0xFFFFFF).astype(np.int64)
     if roots.size and int(roots.max()) >= V:
         raise CarvqError(f"{TENSOR_PRED_REFS} holds root {int(roots.max())} >= V = {V}")
-    predicted_roots = np.flatnonzero(bits[roots] == 1) if roots.size else roots
-    if predicted_roots.size:
-        j = int(predicted_roots[0])
-        raise CarvqError(f"row {int(rows[j])} is predicted from row {int(roots[j])}, which is itself predicted")
+    too_long = np.flatnonzero(chain_lengths(torch.from_numpy(rows), torch.from_numpy(roots), V).numpy()
+                              > MAX_PREDICTION_CHAIN)
+    if too_long.size:
+        raise CarvqError(f"{TENSOR_PRED_REFS}: the roots of predicted row {int(rows[too_long[0]])} make a chain of "
+                         f"more than {MAX_PREDICTION_CHAIN} links, or a cycle")
     codes = (refs >> 24).astype(np.uint8).view(np.int8)
     return (torch.from_numpy(rows.astype(np.int32)), torch.from_numpy(roots.astype(np.int32)),
             torch.from_numpy(codes.copy()))
