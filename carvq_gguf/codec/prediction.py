@@ -158,28 +158,23 @@ def predict_rows(codes: TrellisCodes, matrix: torch.Tensor, rows: torch.Tensor, 
         return (m / step).round().clamp(-CODE_LIMIT, CODE_LIMIT).to(torch.int8)
 
     scale_codes = quantised(multiple)
-    left = x[rows] - step * scale_codes.float()[:, None] * root
-    points, own_scale, own_mean = normalise(left, cfg)
+    _, own_scale, own_mean = normalise(x[rows] - step * scale_codes.float()[:, None] * root, cfg)
     weights = search_weights(own_scale, col_weights, cfg)
-    states = encode(points, weights, codes.tables.float(), cfg, progress=progress)
     streams = codes.streams.clone()
-    streams[rows] = pack_states(states, cfg)
     prediction = RowPrediction(rows=rows.to(torch.int32), roots=roots.to(torch.int32), scale_codes=scale_codes,
                                scale_step=step, columns=torch.stack([own_scale, own_mean]))
-    predicted = replace(codes, streams=streams, prediction=prediction)
+    predicted = replace(codes, streams=streams, prediction=prediction)  # filled in place below
     generation = chain_lengths(rows, roots, codes.streams.shape[0])
-    for g in range(2, int(generation.max()) + 1):  # rows whose root is predicted: its decode is now final
+    for g in range(1, int(generation.max()) + 1):  # the roots of generation g are final once g - 1 is coded
         here = (generation == g).nonzero()[:, 0]
-        root = root_values(predicted, roots[here])
-        codes_here = quantised(multiples(root, target[here]))
-        left = x[rows[here]] - step * codes_here.float()[:, None] * root
-        points = ((left - own_mean.float()) / own_scale.float()).reshape(here.numel(), cfg.n_steps(x.shape[1]),
-                                                                         cfg.step_dim)
-        states = encode(points, weights, codes.tables.float(), cfg, progress=progress)
-        streams[rows[here]] = pack_states(states, cfg)
-        scale_codes[here] = codes_here
-        predicted = replace(predicted, streams=streams, prediction=replace(prediction, scale_codes=scale_codes))
-    prediction = predicted.prediction
+        if g > 1:
+            root = root_values(predicted, roots[here])
+            scale_codes[here] = quantised(multiples(root, target[here]))
+        else:
+            root = root[here]
+        left = x[rows[here]] - step * scale_codes[here].float()[:, None] * root
+        points = ((left - own_mean.float()) / own_scale.float()).reshape(here.numel(), -1, cfg.step_dim)
+        streams[rows[here]] = pack_states(encode(points, weights, codes.tables.float(), cfg, progress=progress), cfg)
     decoded = decode(predicted, rows) - mu
     size = float(decoded.norm(dim=1).sum())
     s = float(target.norm(dim=1).sum()) / size if size > 0 else 1.0
