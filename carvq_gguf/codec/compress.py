@@ -174,8 +174,8 @@ def add_prediction(state: CarvqState, matrix: torch.Tensor, min_cos2: float,
     """state (trellis-coded, no row predicted yet) with the rows whose nearest row has cos^2 >=
     min_cos2 predicted from it, in chains of up to MAX_PREDICTION_CHAIN links (codec/prediction.py),
     paid for by the correction rows of least importance [V], so the stored bits do not grow. Rows
-    with a correction row are not predicted. neighbours is prediction.nearest_rows(matrix). state itself when no row
-    qualifies or the correction rows cannot pay for one."""
+    with a correction row are not predicted. neighbours is prediction.nearest_rows(matrix). state
+    itself when no row qualifies or the correction rows cannot pay for one."""
     t = state.trellis
     if t is None or t.prediction is not None:
         raise CarvqError("rows can be predicted only in a trellis codec without predicted rows")

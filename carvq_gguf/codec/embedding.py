@@ -4,8 +4,8 @@ The arithmetic mirrors docs/FORMAT.md "Decode", i.e. what llama.cpp computes: co
 (F16) summed over levels in F32 (trellis codes: table value times column scale plus column
 mean, in F32, and for a predicted row its multiple of its root's decode without column means
 added, link by link along the chain of roots); sigma0 F16 read as F32; every linear layer
-rounds its F32 input to F16, multiplies by the F16 weight with F32 accumulation and adds the F32 bias;
-LayerNorm in F32 (normalize, then * weight + bias); ReLU; then the F16 correction rows.
+rounds its F32 input to F16, multiplies by the F16 weight with F32 accumulation and adds the
+F32 bias; LayerNorm in F32 (normalize, then * weight + bias); ReLU; then the F16 correction rows.
 """
 
 from __future__ import annotations

@@ -143,9 +143,23 @@ def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
     the column's scale, plus its mean, in F32; a predicted row (docs/FORMAT.md "Predicted rows")
     decodes its own values with the leftovers' columns and adds its multiple of its root's
     decode without column means (root_values)."""
+    return _decode(codes, ids, with_means=True)
+
+
+def root_values(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
+    """What a predicted row multiplies, float32 [len(ids), n]: the decode of rows ids without
+    column means: a plain row's table values times the column scale, a predicted row's own
+    values times the leftovers' scale plus its multiple of its root's (a chain, followed to its
+    plain row)."""
+    return _decode(codes, ids, with_means=False)
+
+
+def _decode(codes: TrellisCodes, ids: torch.Tensor, with_means: bool) -> torch.Tensor:
+    """decode (with_means) or root_values: each row's values under its columns, in the op's order
+    (value * scale, + mean), then a predicted row's chain of roots added."""
     values = table_values(codes, ids)
     scale, mean = codes.columns.float()
-    out = values * scale + mean
+    out = values * scale + mean if with_means else values * scale
     p = codes.prediction
     if p is None:
         return out
@@ -154,23 +168,8 @@ def decode(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
     if hit.numel() == 0:
         return out
     own_scale, own_mean = p.columns.float()
-    own = values[hit] * own_scale + own_mean
+    own = values[hit] * own_scale + own_mean if with_means else values[hit] * own_scale
     return out.index_put((hit,), _add_roots(codes, own, slot[hit]))
-
-
-def root_values(codes: TrellisCodes, ids: torch.Tensor) -> torch.Tensor:
-    """What a predicted row multiplies, float32 [len(ids), n]: the decode of rows ids without
-    column means: a plain row's table values times the column scale, a predicted row's own
-    values times the leftovers' scale plus its multiple of its root's (a chain, followed to its
-    plain row)."""
-    values = table_values(codes, ids)
-    p = codes.prediction
-    slot = predicted_slots(p, ids) if p is not None else torch.full_like(ids, -1)
-    hit = (slot >= 0).nonzero()[:, 0]
-    out = values * codes.columns.float()[0]
-    if hit.numel() == 0:
-        return out
-    return out.index_put((hit,), _add_roots(codes, values[hit] * p.columns.float()[0], slot[hit]))
 
 
 def _add_roots(codes: TrellisCodes, acc: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
