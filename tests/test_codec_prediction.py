@@ -45,6 +45,20 @@ def test_the_projected_search_finds_the_partners_too(monkeypatch: pytest.MonkeyP
     assert float((ids[::2, 0] == torch.arange(1, 256, 2)).float().mean()) > 0.95
 
 
+def test_the_projected_search_sees_past_the_dominant_directions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pair of rows shares everything but its 64 directions of largest variance, where the two
+    rows are unrelated: a projection onto those alone finds no partner (as 64 directions missed
+    half of Gemma 3's nearest rows); PROJECTION_DIMS must reach past them."""
+    monkeypatch.setattr(prediction, "EXACT_ROWS", 1000)
+    g = torch.Generator().manual_seed(0)
+    vocab_size, width, dominant = 4096, 640, 64
+    shared = torch.randn(vocab_size // 2, width - dominant, generator=g).repeat_interleave(2, 0)
+    m = torch.cat([2 * torch.randn(vocab_size, dominant, generator=g),
+                   shared + 0.3 * torch.randn(vocab_size, width - dominant, generator=g)], 1)
+    _, ids = prediction.nearest_rows(m, count=1)
+    assert float((ids[::2, 0] == torch.arange(1, vocab_size, 2)).float().mean()) > 0.95
+
+
 def chains(vocab_size: int = 512, width: int = 64, length: int = 4, seed: int = 0, noise: float = 0.3) -> torch.Tensor:
     """A matrix whose rows come in runs of length: each row a multiple of the one before plus
     some noise, so a row's nearest rows are its neighbours in the run."""
