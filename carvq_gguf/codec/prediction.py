@@ -30,7 +30,7 @@ from .trellis import decode, encode, normalise, pack_states, root_values, search
 NEIGHBOURS = 4  # partners considered per row
 EXACT_ROWS = 65536  # above this many rows, candidates come from a projection first
 # Principal directions of that projection. 64 found Gemma 3's exact first neighbour for under half
-# of the rows prose reads; 256 for 98% (docs/EXPERIMENTS.md), at about 1.5 times the search time.
+# of the rows prose reads; 256 find it for 98% (docs/EXPERIMENTS.md), at about twice the search time.
 PROJECTION_DIMS = 256
 PROJECTION_CANDIDATES = 32  # candidates per row rescored exactly
 CODE_LIMIT = 127  # a_t = step * code, |code| <= 127
